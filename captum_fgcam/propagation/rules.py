@@ -1,0 +1,341 @@
+r"""Relevance rules: *how* relevance at an operation's output moves to its inputs.
+
+Notation: x = the operation's input (i indexes it), R = relevance at its output (j indexes it),
+w = the weights of a linear layer (convolution or fully connected), w^+ = max(0, w),
+w^- = min(0, w). A quotient whose denominator is exactly 0 is 0 (no epsilon) unless a rule
+says otherwise.
+
+Every rule is linear in R once the forward values are fixed, so a whole tensor of per-channel
+components (or a batch) moves through in one call. Rules are computed with the "gradient trick":
+for z = f(x), the vector-Jacobian product J_f(x)^T s is one backward pass of f, which for a
+convolution is a transposed convolution with the same stride, padding and groups.
+
+A rule never modifies the module: parameters are read, modified copies are built, and the
+module's ``forward`` is never called with hooks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum.attr._utils.lrp_rules import PropagationRule
+from torch import Tensor, nn
+
+Op = nn.Module | Callable[..., Any] | str
+
+
+@dataclass
+class Call:
+    """One recorded operation: what ran (``op``), on what (``inputs``), giving ``output``.
+
+    ``inputs`` are the positional arguments (lists such as ``torch.cat``'s flattened),
+    tensors or constants, as the operation saw them.
+    """
+
+    op: Op
+    inputs: list[Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+
+    @property
+    def x(self) -> Tensor:
+        return self.inputs[0]
+
+    def function(self) -> Callable[[Tensor], Tensor]:
+        """The operation as a plain function of its first input, without module hooks."""
+        op, rest, kwargs = self.op, self.inputs[1:], self.kwargs
+        if isinstance(op, nn.Module):
+            return lambda x: type(op).forward(op, x, *rest, **kwargs)
+        if isinstance(op, str):
+            return lambda x: getattr(x, op)(*rest, **kwargs)
+        return lambda x: op(x, *rest, **kwargs)
+
+
+class Rule(ABC):
+    """How relevance crosses one operation. Subclasses implement :meth:`propagate`."""
+
+    @abstractmethod
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        """Relevance for each of ``call.inputs`` (None for non-tensor inputs)."""
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+    """numerator / denominator, and 0 where the denominator is exactly 0."""
+    zero = denominator == 0
+    return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(
+        zero, torch.ones_like(denominator), denominator))
+
+
+def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
+                    scale: Callable[[Tensor], Tensor]) -> list[Tensor]:
+    """Run z = fn(*inputs), then return J^T s for s = scale(z), one tensor per input."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in inputs]
+        z = fn(*leaves)
+        s = scale(z.detach())
+        return list(torch.autograd.grad(z, leaves, s))
+
+
+def linear_layer(module: nn.Module) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+    """A convolution or fully connected module as ``f(x, weight, bias)``."""
+    if isinstance(module, nn.Linear):
+        return F.linear
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if module.padding_mode != "zeros":
+            raise NotImplementedError(
+                f"{type(module).__name__} with padding_mode={module.padding_mode!r}: only "
+                "zero padding is supported by the linear-layer rules")
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[module.weight.dim() - 2]
+        return lambda x, w, b: conv(x, w, b, module.stride, module.padding, module.dilation,
+                                    module.groups)
+    raise TypeError(
+        f"{type(module).__name__} is not a linear layer (Conv1d/2d/3d or Linear); this rule "
+        "needs one")
+
+
+class PassRule(Rule):
+    r"""Relevance passes unchanged: R_i = R_i (reshaped to the input's shape).
+
+    For element-wise operations (ReLU, BatchNorm as in the reference, Dropout) and reshapes
+    (flatten, view). Conserves relevance exactly.
+    """
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        out: list[Tensor | None] = [None] * len(call.inputs)
+        out[0] = relevance.reshape(call.x.shape)
+        return out
+
+
+class WinnerTakeAllRule(Rule):
+    r"""Max pooling: each window's relevance goes to its arg-max input.
+
+    R_i = \sum_j [i = argmax_{window j} x] R_j [z_j \ne 0]; ties go where PyTorch's pooling
+    puts the gradient, and relevance of windows whose maximum z_j is 0 is dropped.
+    """
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        (routed,) = vector_jacobian(
+            call.function(), [call.x], lambda z: torch.where(z == 0, 0, relevance))
+        return [routed] + [None] * (len(call.inputs) - 1)
+
+
+class ZRule(Rule):
+    r"""The basic z-rule for a positive linear operation (average pooling):
+
+    z_j = \sum_i x_i w_ij ;  R_i = x_i \sum_j w_ij R_j / z_j .
+    Conserves relevance where no z_j is 0.
+    """
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        (grad,) = vector_jacobian(call.function(), [call.x],
+                                  lambda z: safe_divide(relevance, z))
+        return [call.x * grad] + [None] * (len(call.inputs) - 1)
+
+
+class ZPlusRule(Rule):
+    r"""The sign-aware z^+ rule for a linear layer, without bias:
+
+    z_j = \sum_i x_i^+ w_ij^+ + x_i^- w_ij^- ;
+    R_i = x_i^+ \sum_j w_ij^+ R_j / z_j + x_i^- \sum_j w_ij^- R_j / z_j .
+    Conserves relevance where no z_j is 0. For non-negative x (after a ReLU) only the first
+    term is computed.
+    """
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        module, x = call.op, call.x
+        assert isinstance(module, nn.Module)
+        f = linear_layer(module)
+        w = module.weight.detach()
+        w_pos = w.clamp(min=0)
+        scale = lambda z: safe_divide(relevance, z)  # noqa: E731
+        if bool((x < 0).any()):
+            w_neg = w.clamp(max=0)
+            g_pos, g_neg = vector_jacobian(
+                lambda xp, xn: f(xp, w_pos, None) + f(xn, w_neg, None),
+                [x.clamp(min=0), x.clamp(max=0)], scale)
+            r = x.clamp(min=0) * g_pos + x.clamp(max=0) * g_neg
+        else:
+            (g_pos,) = vector_jacobian(lambda xp: f(xp, w_pos, None), [x], scale)
+            r = x * g_pos
+        return [r]
+
+
+class _StabilisedLinearRule(Rule):
+    r"""LRP for a linear layer with modified parameters (w', b') and a stabiliser:
+
+    z_j = \sum_i x_i w'_ij + b'_j ;  R_i = x_i \sum_j w'_ij R_j / (z_j + \epsilon sign(z_j)),
+    with sign(0) = 1 (Captum's convention). For operations without parameters (pooling) the
+    operation itself is used as z = f(x).
+    """
+
+    epsilon: float = 1e-9
+
+    def modify(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return weight, bias
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        module = call.op
+        if isinstance(module, nn.Module) and isinstance(
+                module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            f = linear_layer(module)
+            bias = module.bias.detach() if module.bias is not None else None
+            w, b = self.modify(module.weight.detach(), bias)
+            fn = lambda x: f(x, w, b)  # noqa: E731
+        else:
+            fn = call.function()
+        eps = self.epsilon
+
+        def scale(z: Tensor) -> Tensor:
+            sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+            return relevance / (z + eps * sign)
+
+        (grad,) = vector_jacobian(fn, [call.x], scale)
+        return [call.x * grad] + [None] * (len(call.inputs) - 1)
+
+
+class EpsilonRule(_StabilisedLinearRule):
+    r"""LRP-epsilon: R_i = x_i \sum_j w_ij R_j / (z_j + \epsilon sign(z_j)), z_j with bias."""
+
+    def __init__(self, epsilon: float = 1e-9) -> None:
+        self.epsilon = epsilon
+
+
+class GammaRule(_StabilisedLinearRule):
+    r"""LRP-gamma: w' = w + \gamma w^+ (bias kept unless ``set_bias_to_zero``), epsilon 1e-9."""
+
+    def __init__(self, gamma: float = 0.25, set_bias_to_zero: bool = False) -> None:
+        self.gamma = gamma
+        self.set_bias_to_zero = set_bias_to_zero
+
+    def modify(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        bias = None if self.set_bias_to_zero else bias
+        return weight + self.gamma * weight.clamp(min=0), bias
+
+
+class AlphaOneBetaZeroRule(_StabilisedLinearRule):
+    r"""LRP-alpha1-beta0 as Captum defines it: w' = w^+ (bias kept unless zeroed), epsilon 1e-9."""
+
+    def __init__(self, set_bias_to_zero: bool = False) -> None:
+        self.set_bias_to_zero = set_bias_to_zero
+
+    def modify(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return weight.clamp(min=0), None if self.set_bias_to_zero else bias
+
+
+class ZBoxRule(Rule, PropagationRule):
+    r"""The z^B rule for a layer fed by the image, with input bounds l <= x <= h:
+
+    z_j = \sum_i (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) ;
+    R_i = \sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) R_j / z_j   (bias ignored,
+    zero padding for x, l and h alike).
+
+    Bounds: ``low``/``high`` tensors broadcastable to the input (e.g. per channel, shape
+    (C, 1, 1)), or None for the per-image minimum and maximum of the input over all channels
+    and pixels (the reference behaviour). :meth:`from_normalization` builds the bounds
+    implied by ``transforms.Normalize(mean, std)`` on images in [0, 1].
+
+    Also a Captum ``PropagationRule``: set ``model.features[0].rule = ZBoxRule()`` and use
+    Captum's own ``LRP``.
+    """
+
+    def __init__(self, low: Tensor | None = None, high: Tensor | None = None) -> None:
+        if (low is None) != (high is None):
+            raise ValueError("give both low and high bounds, or neither (per-image min/max)")
+        self.low = low
+        self.high = high
+        # Captum keeps these as class attributes shared by all rules; ours are per instance.
+        self.relevance_input: dict[Any, Any] = {}
+        self.relevance_output: dict[Any, Any] = {}
+
+    @classmethod
+    def from_normalization(cls, mean: Any, std: Any) -> ZBoxRule:
+        """Bounds (0 - mean) / std and (1 - mean) / std per channel."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+        return cls(low=-mean / std, high=(1 - mean) / std)
+
+    def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Tensors l and h with the shape of x."""
+        if self.low is None or self.high is None:
+            flat = x.reshape(x.shape[0], -1)
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            low, high = flat.min(dim=1).values.reshape(shape), flat.max(dim=1).values.reshape(shape)
+        else:
+            low, high = self.low.to(x), self.high.to(x)
+        return low.expand_as(x).contiguous(), high.expand_as(x).contiguous()
+
+    def _terms(self, module: nn.Module, x: Tensor):
+        f = linear_layer(module)
+        w = module.weight.detach()
+        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
+        low, high = self.bounds(x)
+        return (lambda a, lo, hi: f(a, w, None) - f(lo, w_pos, None) - f(hi, w_neg, None),
+                [x, low, high])
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        assert isinstance(call.op, nn.Module)
+        fn, leaves = self._terms(call.op, call.x)
+        grads = vector_jacobian(fn, leaves, lambda z: safe_divide(relevance, z))
+        return [sum(v * g for v, g in zip(leaves, grads))]
+
+    # --- Captum LRP protocol -------------------------------------------------------------
+    def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
+        """z^B uses the module's own weights: nothing to change."""
+
+    def forward_hook(self, module: nn.Module, inputs: Any, outputs: Tensor) -> Tensor:
+        """Captum's LRP calls this during its propagation forward pass.
+
+        Captum passes relevance backwards as gradients: at the output we turn R into
+        s = R / z^B; autograd then computes w^T s at the input, where we add the bound terms.
+        """
+        x = inputs[0].data
+        fn, leaves = self._terms(module, x)
+        with torch.no_grad():
+            z = fn(*leaves)
+        state: dict[str, Tensor] = {}
+
+        def output_hook(grad: Tensor) -> Tensor:
+            self.relevance_output[grad.device] = grad.data
+            state["grad"] = grad
+            return safe_divide(grad, z)
+
+        def input_hook(grad: Tensor) -> Tensor:
+            _, g_low, g_high = vector_jacobian(fn, leaves, lambda _: safe_divide(state["grad"], z))
+            relevance = x * grad + leaves[1] * g_low + leaves[2] * g_high
+            self.relevance_input[grad.device] = relevance.data
+            grad.replace_out = relevance  # read by Captum's activation hooks
+            return relevance
+
+        self._has_single_input = True
+        self._handle_input_hooks = [inputs[0].register_hook(input_hook)]
+        inputs[0].hook_registered = True
+        self._handle_output_hook = outputs.register_hook(output_hook)
+        return outputs.clone()
+
+
+def from_captum(rule: PropagationRule) -> Rule:
+    """Our equivalent of one of Captum's LRP rule objects (same equations, same stabiliser)."""
+    from captum.attr._utils import lrp_rules as captum_rules
+
+    if isinstance(rule, Rule):
+        return rule
+    if isinstance(rule, captum_rules.IdentityRule):
+        return PassRule()
+    if isinstance(rule, captum_rules.EpsilonRule):
+        return EpsilonRule(rule.STABILITY_FACTOR)
+    if isinstance(rule, captum_rules.GammaRule):
+        return GammaRule(rule.gamma, rule.set_bias_to_zero)
+    if isinstance(rule, captum_rules.Alpha1_Beta0_Rule):
+        return AlphaOneBetaZeroRule(rule.set_bias_to_zero)
+    raise TypeError(
+        f"unsupported Captum rule {type(rule).__name__}: pass EpsilonRule, GammaRule, "
+        "Alpha1_Beta0_Rule, IdentityRule, or a captum_fgcam.propagation Rule")

@@ -1,0 +1,168 @@
+r"""The engine: propagate per-channel relevance from a deep layer down to a shallower one.
+
+Given components E (N x C x h x w) at the output of ``from_layer``, the upsampler walks the
+traced graph backwards from that output to ``to_layer``, applying at each operation the rule
+its :class:`RuleMap` selects:  R^{(in)} = rule(R^{(out)}),  starting from R = E. Where a value
+feeds several operations, the relevances coming back from them are summed. Each rule is linear
+in R, so all C channels (and all N images) move in one pass, never one channel at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from torch import Tensor, nn
+
+from .._state import preserved_state
+from .graph import LayerError, LayerRef, RecordingForward, TracedModel, qualified_name
+from .presets import RuleMap, Site, resolve_rules
+from .rules import Call, Rule
+
+
+class MissingRuleError(TypeError):
+    """Relevance reached an operation for which no rule is registered."""
+
+
+def flat_args(node: fx.Node) -> list[Any]:
+    """Positional arguments, with list arguments (``torch.cat([a, b])``) flattened."""
+    flat: list[Any] = []
+    for arg in node.args:
+        flat.extend(arg if isinstance(arg, (list, tuple)) else [arg])
+    return flat
+
+
+class FineGrainedUpsampler:
+    r"""Relevance propagation from ``from_layer``'s output down to ``to_layer``.
+
+    R^{(l)} = \rho_l(R^{(l+1)}) for every operation l between the two layers, with
+    \rho_l the rule the ``rules`` map assigns to it (default: the paper's reference rules,
+    which conserve \sum R at every step). This is the piece any CAM method plugs into: give it
+    per-channel components at ``from_layer`` (e.g. Captum's ``LayerGradCam`` with
+    ``attr_dim_summation=False``) and it returns their fine-grained relevance at ``to_layer``.
+
+    Args:
+        model: the ``nn.Module`` to explain (traced with ``torch.fx``; not modified).
+        from_layer: module (or dotted name) where the components live (its output).
+        to_layer: module (or dotted name) where relevance is returned.
+        rules: None (reference rules), a preset name, a :class:`RuleMap`, or a dict
+            ``{module type / module / name: rule}`` overriding the reference rules; Captum's
+            ``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule`` are accepted.
+
+    Examples::
+
+        >>> cam = LayerGradCam(model, model.features[43])
+        >>> comps = cam.attribute(x, target=3, attr_dim_summation=False).detach()
+        >>> up = FineGrainedUpsampler(model, model.features[43], model.features[0])
+        >>> image_map = up.attribute(x, comps, attribute_to_layer_input=True)  # N x 1 x H x W
+    """
+
+    def __init__(self, model: nn.Module, from_layer: LayerRef, to_layer: LayerRef,
+                 rules: None | str | RuleMap | Mapping[Any, Any] = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(
+                "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
+                f"{type(model).__name__}. Pass the model itself rather than a function.")
+        self.model = model
+        self.from_name = qualified_name(model, from_layer)
+        self.to_name = qualified_name(model, to_layer)
+        self.rules = resolve_rules(rules)
+        self.traced = TracedModel(model, opaque=[self.from_name])
+        self.start = self.traced.output_node(self.from_name)
+        self.to_output = self.traced.output_node(self.to_name)
+        self.to_input = self.traced.input_node(self.to_name)
+        position = self.traced.position
+        if position[self.to_output] > position[self.start]:
+            raise LayerError(
+                f"layer {self.to_name!r} comes after the CAM layer "
+                f"{self.from_name!r}; relevance only moves towards the input. Choose a "
+                "shallower layer, or a deeper cam_layer")
+        span = self.traced.nodes[position[self.to_input]:position[self.start] + 1]
+        keep = set(span) | {arg for node in span for arg in node.all_input_nodes}
+        self.forward = RecordingForward(self.traced, keep)
+        self._rules: dict[fx.Node, Rule] = {}
+
+    # -- recording ---------------------------------------------------------------------
+    def record(self, inputs: Sequence[Tensor], additional_forward_args: Any = None) -> Tensor:
+        """One forward pass (no gradients) that records the values propagation needs."""
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        with torch.no_grad(), self.forward.recording():
+            return self.forward(*inputs, *extra)
+
+    def activation(self) -> Tensor:
+        """The recorded output of ``from_layer``."""
+        return self._values()[self.start]
+
+    # -- propagation ---------------------------------------------------------------------
+    def propagate(self, components: Tensor, attribute_to_layer_input: bool = False) -> Tensor:
+        """Relevance at ``to_layer`` (output, or input) for ``components`` at ``from_layer``.
+
+        Needs a recorded forward pass (:meth:`record`, or a weighting's forward through
+        ``self.forward`` inside ``self.forward.recording()``).
+        """
+        values = self._values()
+        expected = values[self.start].shape
+        if components.shape != expected:
+            raise ValueError(
+                f"components have shape {tuple(components.shape)} but the output of "
+                f"{self.from_name!r} has shape {tuple(expected)}; give one value per element "
+                "of that output (e.g. LayerGradCam(..., attr_dim_summation=False))")
+        stop = self.to_input if attribute_to_layer_input else self.to_output
+        relevance: dict[fx.Node, Tensor] = {self.start: components.detach()}
+        nodes = self.traced.nodes
+        position = self.traced.position
+        for node in reversed(nodes[position[stop]:position[self.start] + 1]):
+            r_out = relevance.pop(node, None)
+            if node is stop:
+                break
+            if r_out is None:
+                continue
+            args = flat_args(node)
+            call = Call(self._call_target(node),
+                        [values[a] if isinstance(a, fx.Node) else a for a in args],
+                        dict(node.kwargs), values[node])
+            for arg, r_in in zip(args, self._rule(node).propagate(call, r_out)):
+                if isinstance(arg, fx.Node) and r_in is not None:
+                    relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
+        return r_out if r_out is not None else torch.zeros_like(values[stop])
+
+    def attribute(self, inputs: Tensor | tuple[Tensor, ...], components: Tensor,
+                  additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
+                  attr_dim_summation: bool = True) -> Tensor:
+        """Forward once, then propagate ``components``; sums channels unless told not to."""
+        inputs = _format_tensor_into_tuples(inputs)
+        with preserved_state(self.model):
+            try:
+                self.record(inputs, additional_forward_args)
+                r = self.propagate(components, attribute_to_layer_input)
+            finally:
+                self.forward.release()
+        return r.sum(dim=1, keepdim=True) if attr_dim_summation else r
+
+    # -- helpers -------------------------------------------------------------------------
+    def _values(self) -> dict[fx.Node, Any]:
+        if self.forward.values is None:
+            raise RuntimeError("no forward pass has been recorded; call record() first")
+        return self.forward.values
+
+    def _call_target(self, node: fx.Node) -> Any:
+        return self.traced.module(node) if node.op == "call_module" else node.target
+
+    def _rule(self, node: fx.Node) -> Rule:
+        if node not in self._rules:
+            op = self._call_target(node)
+            name = str(node.target) if node.op == "call_module" else None
+            first = node.args[0] if node.args else None
+            site = Site(op, name, isinstance(first, fx.Node) and first.op == "placeholder")
+            rule = self.rules.rule_for(site)
+            if rule is None:
+                what = type(op).__name__ if isinstance(op, nn.Module) else repr(op)
+                raise MissingRuleError(
+                    f"no relevance rule for {what} (at {name or node.name!r}). Register one, "
+                    f"e.g. rules={{{what}: PassRule()}} for an element-wise operation or "
+                    f"rules={{{what}: ZPlusRule()}} for a linear layer")
+            self._rules[node] = rule
+        return self._rules[node]

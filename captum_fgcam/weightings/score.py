@@ -1,0 +1,86 @@
+r"""Score-CAM weighting, the FG-CAM reference variant.
+
+For each channel k: M_k = minmax(upsample(A_k)) (bilinear to the input size; range + 1e-9
+only where the channel's max is 0; a constant non-zero channel gives M_k = 0 instead of NaN),
+w_k = softmax(f(x * M_k))_c (no baseline, no softmax across channels), E_k = w_k A_k with the
+raw A. The N x C masked forward passes run in chunks of ``batch_size`` images, across channels
+and images alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import (
+    ExpansionTypes,
+    _expand_target,
+    _format_additional_forward_args,
+    _select_targets,
+)
+from captum._utils.typing import TargetType
+from captum.attr import LayerActivation
+from torch import Tensor, nn
+
+from ..propagation.rules import safe_divide
+
+
+def channel_masks(acts: Tensor, size: tuple[int, ...]) -> Tensor:
+    """Upsampled, per-channel min-max normalised activations: (B, h, w) -> (B, H, W)."""
+    up = F.interpolate(acts.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+    low = up.amin(dim=(1, 2), keepdim=True)
+    high = up.amax(dim=(1, 2), keepdim=True)
+    span = torch.where(high == 0, high - low + 1e-9, high - low)
+    return safe_divide(up - low, span)
+
+
+class ScoreCamWeighting:
+    """Score-CAM channel weights; ``batch_size`` masked images per forward pass.
+
+    ``score="softmax"`` (reference) or ``"logit"`` selects what is read at the target class.
+    """
+
+    def __init__(self, batch_size: int = 64, score: str = "softmax") -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        if score not in ("softmax", "logit"):
+            raise ValueError(f"score must be 'softmax' or 'logit'; got {score!r}")
+        self.batch_size = batch_size
+        self.score = score
+
+    def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
+                 inputs: tuple[Tensor, ...], target: TargetType,
+                 additional_forward_args: Any = None) -> Tensor:
+        if len(inputs) != 1:
+            raise ValueError("Score-CAM masks a single image input; got "
+                             f"{len(inputs)} input tensors")
+        x = inputs[0]
+        acts = LayerActivation(forward_func, layer).attribute(
+            inputs, additional_forward_args=additional_forward_args).detach()
+        n, c = acts.shape[:2]
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        targets = _expand_target(target, c, ExpansionTypes.repeat_interleave)
+        flat_acts = acts.reshape(n * c, *acts.shape[2:])
+        weights = torch.empty(n * c, dtype=x.dtype, device=x.device)
+        with torch.no_grad():
+            for start in range(0, n * c, self.batch_size):
+                rows = torch.arange(start, min(start + self.batch_size, n * c), device=x.device)
+                image = rows // c
+                masks = channel_masks(flat_acts[rows], tuple(x.shape[2:]))
+                out = forward_func(x[image] * masks.unsqueeze(1),
+                                   *(_rows(arg, image, n) for arg in extra))
+                if self.score == "softmax":
+                    out = out.softmax(dim=1)
+                weights[rows] = _select_targets(out, _rows(targets, rows, n * c)).reshape(-1)
+        return weights.reshape(n, c, *([1] * (acts.dim() - 2))) * acts
+
+
+def _rows(value: Any, rows: Tensor, n: int) -> Any:
+    """``value[rows]`` for per-example values (tensors or lists of length n), else ``value``."""
+    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+        return value[rows]
+    if isinstance(value, list) and len(value) == n:
+        return [value[i] for i in rows.tolist()]
+    return value
