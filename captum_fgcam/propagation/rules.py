@@ -56,6 +56,11 @@ class Call:
         return lambda x: op(x, *rest, **kwargs)
 
 
+def to_first_input(call: Call, relevance: Tensor) -> list[Tensor | None]:
+    """Relevance for an operation's first input; None for its other arguments."""
+    return [relevance] + [None] * (len(call.inputs) - 1)
+
+
 class Rule(ABC):
     """How relevance crosses one operation. Subclasses implement :meth:`propagate`."""
 
@@ -110,9 +115,7 @@ class PassRule(Rule):
     """
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
-        out: list[Tensor | None] = [None] * len(call.inputs)
-        out[0] = relevance.reshape(call.x.shape)
-        return out
+        return to_first_input(call, relevance.reshape(call.x.shape))
 
 
 class WinnerTakeAllRule(Rule):
@@ -125,7 +128,7 @@ class WinnerTakeAllRule(Rule):
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         (routed,) = vector_jacobian(
             call.function(), [call.x], lambda z: torch.where(z == 0, 0, relevance))
-        return [routed] + [None] * (len(call.inputs) - 1)
+        return to_first_input(call, routed)
 
 
 class ZRule(Rule):
@@ -138,7 +141,7 @@ class ZRule(Rule):
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         (grad,) = vector_jacobian(call.function(), [call.x],
                                   lambda z: safe_divide(relevance, z))
-        return [call.x * grad] + [None] * (len(call.inputs) - 1)
+        return to_first_input(call, call.x * grad)
 
 
 class ZPlusRule(Rule):
@@ -166,7 +169,7 @@ class ZPlusRule(Rule):
         else:
             (g_pos,) = vector_jacobian(lambda xp: f(xp, w_pos, None), [x], scale)
             r = x * g_pos
-        return [r]
+        return to_first_input(call, r)
 
 
 class _StabilisedLinearRule(Rule):
@@ -199,7 +202,7 @@ class _StabilisedLinearRule(Rule):
             return relevance / (z + eps * sign)
 
         (grad,) = vector_jacobian(fn, [call.x], scale)
-        return [call.x * grad] + [None] * (len(call.inputs) - 1)
+        return to_first_input(call, call.x * grad)
 
 
 class EpsilonRule(_StabilisedLinearRule):
@@ -285,7 +288,7 @@ class ZBoxRule(Rule, PropagationRule):
         assert isinstance(call.op, nn.Module)
         fn, leaves = self._terms(call.op, call.x)
         grads = vector_jacobian(fn, leaves, lambda z: safe_divide(relevance, z))
-        return [sum(v * g for v, g in zip(leaves, grads))]
+        return to_first_input(call, sum(v * g for v, g in zip(leaves, grads, strict=True)))
 
     # --- Captum LRP protocol -------------------------------------------------------------
     def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:

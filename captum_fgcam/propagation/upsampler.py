@@ -124,7 +124,7 @@ class FineGrainedUpsampler:
             call = Call(self._call_target(node),
                         [values[a] if isinstance(a, fx.Node) else a for a in args],
                         dict(node.kwargs), values[node])
-            for arg, r_in in zip(args, self._rule(node).propagate(call, r_out)):
+            for arg, r_in in zip(args, self._rule(node).propagate(call, r_out), strict=True):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
         return r_out if r_out is not None else torch.zeros_like(values[stop])

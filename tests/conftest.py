@@ -1,0 +1,40 @@
+"""Shared fixtures: randomly initialised torchvision models (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+torch.set_num_threads(2)
+
+
+def randomise_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine parameters, so BN is not a near-identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.1)
+    return model
+
+
+def make_vgg(name: str = "vgg16_bn", seed: int = 0, num_classes: int = 10) -> nn.Module:
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    return randomise_batchnorm(model, seed).eval()
+
+
+@pytest.fixture(scope="session")
+def vgg16bn() -> nn.Module:
+    return make_vgg("vgg16_bn")
+
+
+def image_batch(n: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, h, w, generator=g)
