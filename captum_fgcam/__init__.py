@@ -10,6 +10,7 @@ from .propagation import (
     LayerError,
     MissingRuleError,
     PassRule,
+    Rule,
     RuleMap,
     WinnerTakeAllRule,
     ZBoxRule,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlphaOneBetaZeroRule", "EpsilonRule", "FGCam", "FGGradCam", "FGScoreCam",
-    "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule", "RuleMap",
+    "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule", "Rule",
+    "RuleMap",
     "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "svd_denoise",
 ]

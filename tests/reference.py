@@ -89,7 +89,8 @@ def score_cam_components(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
                 m = up[k]
                 lo, hi = m.min(), m.max()
                 rng = hi - lo + (1e-9 if hi == 0 else 0.0)
-                mask = (m - lo) / rng if rng != 0 else torch.zeros_like(m)
+                constant = a[i, k].max() == a[i, k].min()
+                mask = torch.zeros_like(m) if constant else (m - lo) / rng
                 weights[i, k] = model(x[i:i + 1] * mask)[0].softmax(0)[target[i]]
     return weights[:, :, None, None] * a
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import reference
 import torch
 from conftest import image_batch, make_vgg
 
-import reference
 from captum_fgcam import FGGradCam, FGScoreCam
 from captum_fgcam.denoising import denoise_rank_count
 
@@ -65,9 +65,17 @@ def score_case(vgg16bn):
     return x, target, reference.score_cam_components(vgg16bn, x, target)
 
 
-@pytest.mark.parametrize("denoise", [False, True])
-@pytest.mark.parametrize("index", VGG16_LAYERS)
+def test_score_cam_components_match_reference(vgg16bn, score_case):
+    x, target, comps = score_case
+    fg = FGScoreCam(vgg16bn, vgg16bn.features[43], batch_size=200)
+    got = fg.attribute(x, target=target, attr_dim_summation=False)
+    assert_close_to_reference(got, comps)
+
+
+@pytest.mark.parametrize("index,denoise", [(-1, False), (13, True)])
 def test_fg_score_cam_matches_reference_vgg16bn(vgg16bn, score_case, index, denoise):
+    # Score-CAM weights do not depend on the layer; one shallow layer with denoising and the
+    # input without it cover the end-to-end path (the others are covered by Grad-CAM above).
     x, target, comps = score_case
     if denoise:
         comps = reference.denoise(comps, denoise_rank_count(0.1, 512, 4))
@@ -99,3 +107,14 @@ def test_non_square_input_matches_reference(vgg16bn):
     for index in (23, -1):
         assert_close_to_reference(ours(FGGradCam, vgg16bn, x, target, index),
                                   reference_map(vgg16bn, x, comps, index))
+
+
+def test_reference_check_detects_a_wrong_rule(vgg16bn, grad_case):
+    """Negative control: z+ instead of z^B at the first convolution must be caught."""
+    from captum_fgcam import ZPlusRule
+
+    x, target, comps = grad_case
+    wrong = FGGradCam(vgg16bn, vgg16bn.features[0], rules={vgg16bn.features[0]: ZPlusRule()})
+    got = wrong.attribute(x, target=target, attribute_to_layer_input=True)
+    with pytest.raises(AssertionError):
+        assert_close_to_reference(got, reference_map(vgg16bn, x, comps, -1))

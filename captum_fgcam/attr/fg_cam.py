@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._state import preserved_state
 from ..denoising import svd_denoise
-from ..propagation.graph import LayerRef, find_cam_layer
+from ..propagation.graph import LayerRef, find_cam_layer, resolve_module
 from ..propagation.presets import RuleMap
 from ..propagation.upsampler import FineGrainedUpsampler
 from ..weightings import ScoreCamWeighting, get_weighting
@@ -70,11 +70,10 @@ class FGCam(LayerAttribution, GradientAttribution):
                 "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
                 f"{type(forward_func).__name__}. Pass the model itself rather than a function.")
         model = forward_func
-        layer_module = model.get_submodule(layer) if isinstance(layer, str) else layer
-        LayerAttribution.__init__(self, model, layer_module, device_ids)
+        LayerAttribution.__init__(self, model, resolve_module(model, layer), device_ids)
         GradientAttribution.__init__(self, model)
         cam = find_cam_layer(model) if cam_layer is None else cam_layer
-        self.cam_layer = model.get_submodule(cam) if isinstance(cam, str) else cam
+        self.cam_layer = resolve_module(model, cam)
         self.weighting = get_weighting(weighting)
         self.upsampler = FineGrainedUpsampler(model, cam, layer, rules)
 

@@ -51,6 +51,11 @@ def qualified_name(model: nn.Module, layer: LayerRef) -> str:
     return names[0]
 
 
+def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
+    """The module ``layer`` refers to (validated as in :func:`qualified_name`)."""
+    return model.get_submodule(qualified_name(model, layer))
+
+
 class _Tracer(fx.Tracer):
     """Standard fx tracing, but the modules in ``opaque`` stay single nodes."""
 

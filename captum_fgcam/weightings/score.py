@@ -1,7 +1,7 @@
 r"""Score-CAM weighting, the FG-CAM reference variant.
 
 For each channel k: M_k = minmax(upsample(A_k)) (bilinear to the input size; range + 1e-9
-only where the channel's max is 0; a constant non-zero channel gives M_k = 0 instead of NaN),
+only where the channel's max is 0; a constant channel gives M_k = 0 instead of NaN or noise),
 w_k = softmax(f(x * M_k))_c (no baseline, no softmax across channels), E_k = w_k A_k with the
 raw A. The N x C masked forward passes run in chunks of ``batch_size`` images, across channels
 and images alike.
@@ -28,12 +28,17 @@ from ..propagation.rules import safe_divide
 
 
 def channel_masks(acts: Tensor, size: tuple[int, ...]) -> Tensor:
-    """Upsampled, per-channel min-max normalised activations: (B, h, w) -> (B, H, W)."""
+    """Upsampled, per-channel min-max normalised activations: (B, h, w) -> (B, H, W).
+
+    A channel that is constant before upsampling gets a zero mask (bilinear upsampling of a
+    constant differs from it by round-off, which min-max scaling would blow up to 0/1 noise).
+    """
     up = F.interpolate(acts.unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
     low = up.amin(dim=(1, 2), keepdim=True)
     high = up.amax(dim=(1, 2), keepdim=True)
     span = torch.where(high == 0, high - low + 1e-9, high - low)
-    return safe_divide(up - low, span)
+    constant = (acts.amax(dim=(1, 2)) == acts.amin(dim=(1, 2))).reshape(-1, 1, 1)
+    return torch.where(constant, 0.0, safe_divide(up - low, span))
 
 
 class ScoreCamWeighting:

@@ -1,0 +1,122 @@
+"""Captum conventions, layer naming, custom weightings, clear errors, pretrained weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from captum.attr import LayerGradCam, NoiseTunnel
+from conftest import image_batch, make_vgg
+from torch import nn
+
+from captum_fgcam import (
+    FGCam,
+    FGGradCam,
+    LayerError,
+    MissingRuleError,
+    find_cam_layer,
+)
+
+
+@pytest.fixture(scope="module")
+def vgg11bn():
+    return make_vgg("vgg11_bn", seed=4)
+
+
+def test_default_cam_layer_is_last_maxpool(vgg16bn, vgg11bn):
+    assert find_cam_layer(vgg16bn) == "features.43"
+    assert find_cam_layer(vgg11bn) == "features.28"
+    fg = FGGradCam(vgg16bn, vgg16bn.features[13])
+    assert fg.cam_layer is vgg16bn.features[43]
+
+
+def test_layers_by_name_equal_layers_by_module(vgg11bn):
+    x = image_batch(1, 64, 64)
+    by_module = FGGradCam(vgg11bn, vgg11bn.features[7]).attribute(x, 2)
+    by_name = FGGradCam(vgg11bn, "features.7", cam_layer="features.28").attribute(x, 2)
+    assert torch.equal(by_module, by_name)
+
+
+def test_grad_cam_components_come_from_captum(vgg11bn):
+    x = image_batch(2, 64, 64)
+    ours = FGGradCam(vgg11bn, vgg11bn.features[28]).attribute(x, 3, attr_dim_summation=False)
+    captum = LayerGradCam(vgg11bn, vgg11bn.features[28]).attribute(x, 3, attr_dim_summation=False)
+    assert torch.equal(ours, captum.detach())
+
+
+def test_custom_callable_weighting(vgg11bn):
+    x = image_batch(2, 64, 64)
+
+    def uniform(forward_func, layer, inputs, target, extra):
+        acts = {}
+        handle = layer.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+        try:
+            forward_func(*inputs)
+        finally:
+            handle.remove()
+        return acts["a"].detach()  # every channel weight 1: plain activation relevance
+
+    got = FGCam(vgg11bn, vgg11bn.features[0], weighting=uniform).attribute(
+        x, attribute_to_layer_input=True)
+    total = vgg11bn.features(x).sum(dim=(1, 2, 3))
+    assert torch.allclose(got.sum(dim=(1, 2, 3)), total, rtol=1e-4)
+
+
+def test_noise_tunnel_wraps_fg_grad_cam(vgg11bn):
+    x = image_batch(1, 64, 64)
+    fg = FGGradCam(vgg11bn, vgg11bn.features[0])
+    nt = NoiseTunnel(fg)
+    got = nt.attribute(x, nt_type="smoothgrad", nt_samples=3, stdevs=0.1, target=1,
+                       attribute_to_layer_input=True, attr_dim_summation=False)
+    assert got.shape == x.shape and torch.isfinite(got).all()
+
+
+def test_pretrained_weights_path_without_download(monkeypatch, tmp_path):
+    """weights="DEFAULT" goes through torchvision's loader; we serve it a local state dict."""
+    state = torchvision.models.vgg11_bn(weights=None).state_dict()
+    calls = []
+
+    def fake_download(url, *args, **kwargs):
+        calls.append(url)
+        return state
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_download)
+    model = torchvision.models.vgg11_bn(weights="DEFAULT").eval()
+    assert calls and calls[0].endswith(".pth")
+    x = image_batch(1, 64, 64)
+    got = FGGradCam(model, model.features[0]).attribute(x, 281, attribute_to_layer_input=True)
+    assert got.shape == (1, 1, 64, 64) and torch.isfinite(got).all()
+
+
+class Unknown(nn.Module):
+    def forward(self, x):
+        return x * 2
+
+
+def test_clear_errors(vgg11bn):
+    x = image_batch(1, 64, 64)
+    with pytest.raises(LayerError, match="not a submodule"):
+        FGGradCam(vgg11bn, nn.Conv2d(3, 3, 1))
+    with pytest.raises(LayerError, match="no submodule named"):
+        FGGradCam(vgg11bn, "features.99")
+    with pytest.raises(LayerError, match="comes after the CAM layer"):
+        FGGradCam(vgg11bn, vgg11bn.classifier[0])
+    with pytest.raises(TypeError, match="nn.Module"):
+        FGGradCam(lambda t: vgg11bn(t), vgg11bn.features[0])
+    with pytest.raises(ValueError, match="unknown CAM weighting"):
+        FGCam(vgg11bn, vgg11bn.features[0], weighting="magic")
+    fg = FGGradCam(vgg11bn, vgg11bn.features[0])
+    with pytest.raises(TypeError, match="dtype"):
+        fg.attribute(x.to(torch.int64), 0)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        fg.attribute(x * float("nan"), 0)
+    with pytest.raises(ValueError, match="empty batch"):
+        fg.attribute(x[:0], 0)
+
+
+def test_missing_rule_names_the_module_and_the_fix():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Unknown(), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(4 * 15 * 15, 2)).eval()
+    fg = FGGradCam(model, model[0], cam_layer=model[3])
+    with pytest.raises(MissingRuleError, match=r"mul.*rules=\{"):
+        fg.attribute(image_batch(1, 32, 32), 0, attribute_to_layer_input=True)

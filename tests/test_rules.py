@@ -1,0 +1,121 @@
+"""Rules: Captum's rule objects accepted and equal to Captum's own LRP; z^B by hand."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from captum.attr import LRP
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule
+from conftest import image_batch, make_vgg
+from torch import nn
+
+from captum_fgcam import FineGrainedUpsampler, PassRule, ZBoxRule
+from captum_fgcam.propagation import EpsilonRule as OurEpsilonRule
+from captum_fgcam.propagation import resolve_rules
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    model = make_vgg("vgg11", seed=2)
+    for m in model.modules():  # Captum's LRP needs out-of-place ReLUs; ours does not
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    return model
+
+
+def captum_lrp(model, x, target, first_rule=None, conv_rule=None):
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and conv_rule is not None:
+            m.rule = copy.deepcopy(conv_rule)
+    if first_rule is not None:
+        model.features[0].rule = first_rule
+    return LRP(model).attribute(x, target=target)
+
+
+def our_lrp(model, x, target, rules):
+    up = FineGrainedUpsampler(model, model.classifier[6], model.features[0], rules=rules)
+    logits = model(x)
+    start = torch.zeros_like(logits).scatter(1, target[:, None], logits.gather(1, target[:, None]))
+    return up.attribute(x, start, attribute_to_layer_input=True, attr_dim_summation=False)
+
+
+def assert_close(a, b, rel=1e-4):
+    scale = b.abs().max()
+    assert scale > 0
+    assert (a - b).abs().max() <= rel * scale, float((a - b).abs().max() / scale)
+
+
+LINEAR_AND_POOLS = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+@pytest.mark.parametrize("conv_rule", [None, GammaRule(0.25), Alpha1_Beta0_Rule(),
+                                       EpsilonRule(0.1)], ids=["epsilon", "gamma", "a1b0", "eps01"])
+def test_captum_rules_match_captum_lrp(vgg11, conv_rule):
+    x = image_batch(2, 64, 64, seed=5)
+    target = vgg11(x).argmax(dim=1)
+    rules = {nn.Conv2d: conv_rule or EpsilonRule(), LINEAR_AND_POOLS: EpsilonRule()}
+    assert_close(our_lrp(vgg11, x, target, rules), captum_lrp(vgg11, x, target,
+                                                                conv_rule=conv_rule))
+
+
+def test_zbox_rule_inside_captum_lrp_matches_ours(vgg11):
+    x = image_batch(2, 64, 64, seed=6)
+    target = vgg11(x).argmax(dim=1)
+    ours = our_lrp(vgg11, x, target, {vgg11.features[0]: ZBoxRule(), LINEAR_AND_POOLS:
+                                      EpsilonRule()})
+    theirs = captum_lrp(vgg11, x, target, first_rule=ZBoxRule())
+    assert_close(ours, theirs)
+    plain = captum_lrp(vgg11, x, target)
+    assert (plain - theirs).abs().max() > 1e-3 * theirs.abs().max()  # z^B made a difference
+
+
+def zbox_by_hand(x, w, low, high, r):
+    """z^B for a 1-in, 1-out 3x3 convolution with zero padding 1, as explicit loops."""
+    h, wd = x.shape
+    pad = lambda a: np.pad(a, 1)  # noqa: E731
+    xp, lp, hp = pad(x), pad(low), pad(high)
+    wp, wn = np.maximum(w, 0), np.minimum(w, 0)
+    out = np.zeros((h + 2, wd + 2))
+    for i in range(h):
+        for j in range(wd):
+            terms = (xp[i:i + 3, j:j + 3] * w - lp[i:i + 3, j:j + 3] * wp
+                     - hp[i:i + 3, j:j + 3] * wn)
+            z = terms.sum()
+            if z != 0:
+                out[i:i + 3, j:j + 3] += terms * r[i, j] / z
+    return out[1:-1, 1:-1]
+
+
+@pytest.mark.parametrize("bounds", ["per_image", "explicit"])
+def test_zbox_rule_by_hand(bounds):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=True)
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    x = torch.randn(1, 1, 5, 6)
+    r = torch.randn(1, 1, 5, 6)
+    if bounds == "per_image":
+        rule = ZBoxRule()
+        low = np.full((5, 6), float(x.min()))
+        high = np.full((5, 6), float(x.max()))
+    else:
+        rule = ZBoxRule.from_normalization(mean=[0.5], std=[0.25])
+        low, high = np.full((5, 6), -2.0), np.full((5, 6), 2.0)
+    up = FineGrainedUpsampler(model, conv, conv, rules={conv: rule})
+    got = up.attribute(x, r, attribute_to_layer_input=True)[0, 0].double().numpy()
+    expected = zbox_by_hand(x[0, 0].double().numpy(), conv.weight[0, 0].detach().double().numpy(),
+                            low, high, r[0, 0].double().numpy())
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_captum_identity_rule_and_presets():
+    assert isinstance(resolve_rules({nn.BatchNorm2d: IdentityRule()}).entries[0][1], PassRule)
+    eps = resolve_rules("epsilon")
+    assert any(isinstance(r, OurEpsilonRule) for _, r in eps.entries)
+    with pytest.raises(ValueError, match="unknown rule preset"):
+        resolve_rules("nope")
+    with pytest.raises(TypeError, match="rules must be"):
+        resolve_rules(3)
