@@ -139,13 +139,15 @@ class RecordingForward:
 
     Inside :meth:`recording`, the first call stores the detached value of every node in
     ``keep``; later calls (e.g. Score-CAM's masked forwards) run without recording. An
-    in-place module (``inplace=True``) gets a copy of its input when that input is kept, so
-    recorded values are the values the operations actually saw.
+    in-place operation (``ReLU(inplace=True)``) gets a copy of its input when that input is in
+    ``protect`` (its value is needed later), so recorded values are the values the operations
+    actually saw.
     """
 
-    def __init__(self, traced: TracedModel, keep: set[fx.Node]) -> None:
+    def __init__(self, traced: TracedModel, keep: set[fx.Node], protect: set[fx.Node]) -> None:
         self.traced = traced
         self.keep = keep
+        self.protect = protect
         self.values: dict[fx.Node, Any] | None = None
         self._armed = False
 
@@ -163,7 +165,8 @@ class RecordingForward:
     def __call__(self, *args: Any) -> Any:
         record = self._armed
         self._armed = False
-        interpreter = _Interpreter(self.traced, self.keep if record else set())
+        interpreter = _Interpreter(self.traced, self.keep if record else set(),
+                                   self.protect if record else set())
         output = interpreter.run(*args)
         if record:
             self.values = interpreter.kept
@@ -171,16 +174,17 @@ class RecordingForward:
 
 
 class _Interpreter(fx.Interpreter):
-    def __init__(self, traced: TracedModel, keep: set[fx.Node]) -> None:
+    def __init__(self, traced: TracedModel, keep: set[fx.Node], protect: set[fx.Node]) -> None:
         super().__init__(traced.graph_module, garbage_collect_values=True)
         self.traced = traced
         self.keep = keep
+        self.protect = protect
         self.kept: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
-        if self.keep and _is_inplace(self.traced, n):
+        if self.protect and _is_inplace(self.traced, n):
             first = n.args[0]
-            if isinstance(first, fx.Node) and first in self.keep:
+            if isinstance(first, fx.Node) and first in self.protect:
                 self.env[first] = self.env[first].clone()
         result = super().run_node(n)
         if n in self.keep:

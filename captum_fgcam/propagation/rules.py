@@ -16,8 +16,10 @@ module's ``forward`` is never called with hooks.
 
 from __future__ import annotations
 
+import functools
+import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +66,9 @@ def to_first_input(call: Call, relevance: Tensor) -> list[Tensor | None]:
 class Rule(ABC):
     """How relevance crosses one operation. Subclasses implement :meth:`propagate`."""
 
+    #: False for rules that only need the input's shape; lets in-place operations skip copies.
+    uses_input_values: bool = True
+
     @abstractmethod
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         """Relevance for each of ``call.inputs`` (None for non-tensor inputs)."""
@@ -75,9 +80,7 @@ class Rule(ABC):
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """numerator / denominator, and 0 where the denominator is exactly 0."""
-    zero = denominator == 0
-    return torch.where(zero, torch.zeros_like(numerator), numerator / torch.where(
-        zero, torch.ones_like(denominator), denominator))
+    return torch.where(denominator == 0, 0.0, numerator / denominator)
 
 
 def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
@@ -107,12 +110,44 @@ def linear_layer(module: nn.Module) -> Callable[[Tensor, Tensor, Tensor | None],
         "needs one")
 
 
+def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
+                 relevance: Tensor) -> Tensor:
+    r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
+
+    The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K terms
+    run as one convolution over the channel-concatenated inputs and weights (one forward and
+    one transposed convolution instead of K of each). Image tensors are processed in the
+    channels-last memory format, which the convolution kernels run fastest in (values are
+    unchanged; only the layout differs).
+    """
+    if relevance.dim() == 4:
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+        relevance = relevance.contiguous(memory_format=torch.channels_last)
+    f = linear_layer(module)
+    scale = lambda z: safe_divide(relevance, z)  # noqa: E731
+    if len(xs) > 1 and getattr(module, "groups", 1) == 1:
+        (grad,) = vector_jacobian(lambda x: f(x, torch.cat(weights, dim=1), None),
+                                  [torch.cat(xs, dim=1)], scale)
+        grads = list(grad.chunk(len(xs), dim=1))
+    else:
+        grads = vector_jacobian(
+            lambda *a: _total(f(x, w, None) for x, w in zip(a, weights, strict=True)), xs, scale)
+    return _total(x * g for x, g in zip(xs, grads, strict=True))
+
+
+def _total(terms: Iterable[Tensor]) -> Tensor:
+    """Sum of tensors without Python's ``0 +`` start (which costs a full copy)."""
+    return functools.reduce(operator.add, terms)
+
+
 class PassRule(Rule):
     r"""Relevance passes unchanged: R_i = R_i (reshaped to the input's shape).
 
     For element-wise operations (ReLU, BatchNorm as in the reference, Dropout) and reshapes
     (flatten, view). Conserves relevance exactly.
     """
+
+    uses_input_values = False
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         return to_first_input(call, relevance.reshape(call.x.shape))
@@ -156,19 +191,12 @@ class ZPlusRule(Rule):
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module, x = call.op, call.x
         assert isinstance(module, nn.Module)
-        f = linear_layer(module)
         w = module.weight.detach()
-        w_pos = w.clamp(min=0)
-        scale = lambda z: safe_divide(relevance, z)  # noqa: E731
         if bool((x < 0).any()):
-            w_neg = w.clamp(max=0)
-            g_pos, g_neg = vector_jacobian(
-                lambda xp, xn: f(xp, w_pos, None) + f(xn, w_neg, None),
-                [x.clamp(min=0), x.clamp(max=0)], scale)
-            r = x.clamp(min=0) * g_pos + x.clamp(max=0) * g_neg
+            r = linear_terms(module, [x.clamp(min=0), x.clamp(max=0)],
+                             [w.clamp(min=0), w.clamp(max=0)], relevance)
         else:
-            (g_pos,) = vector_jacobian(lambda xp: f(xp, w_pos, None), [x], scale)
-            r = x * g_pos
+            r = linear_terms(module, [x], [w.clamp(min=0)], relevance)
         return to_first_input(call, r)
 
 
@@ -276,19 +304,16 @@ class ZBoxRule(Rule, PropagationRule):
             low, high = self.low.to(x), self.high.to(x)
         return low.expand_as(x).contiguous(), high.expand_as(x).contiguous()
 
-    def _terms(self, module: nn.Module, x: Tensor):
-        f = linear_layer(module)
+    def _terms(self, module: nn.Module, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Inputs [x, l, h] and weights [w, -w^+, -w^-] of the three z^B terms."""
         w = module.weight.detach()
-        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
         low, high = self.bounds(x)
-        return (lambda a, lo, hi: f(a, w, None) - f(lo, w_pos, None) - f(hi, w_neg, None),
-                [x, low, high])
+        return [x, low, high], [w, -w.clamp(min=0), -w.clamp(max=0)]
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         assert isinstance(call.op, nn.Module)
-        fn, leaves = self._terms(call.op, call.x)
-        grads = vector_jacobian(fn, leaves, lambda z: safe_divide(relevance, z))
-        return to_first_input(call, sum(v * g for v, g in zip(leaves, grads, strict=True)))
+        return to_first_input(call, linear_terms(call.op, *self._terms(call.op, call.x),
+                                                 relevance))
 
     # --- Captum LRP protocol -------------------------------------------------------------
     def _manipulate_weights(self, module: nn.Module, inputs: Any, outputs: Any) -> None:
@@ -301,19 +326,19 @@ class ZBoxRule(Rule, PropagationRule):
         s = R / z^B; autograd then computes w^T s at the input, where we add the bound terms.
         """
         x = inputs[0].data
-        fn, leaves = self._terms(module, x)
+        xs, weights = self._terms(module, x)
+        f = linear_layer(module)
         with torch.no_grad():
-            z = fn(*leaves)
+            z = _total(f(a, w, None) for a, w in zip(xs, weights, strict=True))
         state: dict[str, Tensor] = {}
 
         def output_hook(grad: Tensor) -> Tensor:
             self.relevance_output[grad.device] = grad.data
-            state["grad"] = grad
+            state["relevance"] = grad
             return safe_divide(grad, z)
 
         def input_hook(grad: Tensor) -> Tensor:
-            _, g_low, g_high = vector_jacobian(fn, leaves, lambda _: safe_divide(state["grad"], z))
-            relevance = x * grad + leaves[1] * g_low + leaves[2] * g_high
+            relevance = linear_terms(module, xs, weights, state["relevance"])
             self.relevance_input[grad.device] = relevance.data
             grad.replace_out = relevance  # read by Captum's activation hooks
             return relevance

@@ -82,7 +82,9 @@ class FineGrainedUpsampler:
                 "shallower layer, or a deeper cam_layer")
         span = self.traced.nodes[position[self.to_input]:position[self.start] + 1]
         keep = set(span) | {arg for node in span for arg in node.all_input_nodes}
-        self.forward = RecordingForward(self.traced, keep)
+        protect = {arg for node in span if node.op.startswith("call")
+                   for arg in node.all_input_nodes if self._uses_input_values(node)}
+        self.forward = RecordingForward(self.traced, keep, protect)
         self._rules: dict[fx.Node, Rule] = {}
 
     # -- recording ---------------------------------------------------------------------
@@ -127,7 +129,7 @@ class FineGrainedUpsampler:
             for arg, r_in in zip(args, self._rule(node).propagate(call, r_out), strict=True):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
-        return r_out if r_out is not None else torch.zeros_like(values[stop])
+        return r_out.contiguous() if r_out is not None else torch.zeros_like(values[stop])
 
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], components: Tensor,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
@@ -151,12 +153,19 @@ class FineGrainedUpsampler:
     def _call_target(self, node: fx.Node) -> Any:
         return self.traced.module(node) if node.op == "call_module" else node.target
 
+    def _site(self, node: fx.Node) -> Site:
+        first = node.args[0] if node.args else None
+        return Site(self._call_target(node), str(node.target) if node.op == "call_module" else None,
+                    isinstance(first, fx.Node) and first.op == "placeholder")
+
+    def _uses_input_values(self, node: fx.Node) -> bool:
+        rule = self.rules.rule_for(self._site(node))
+        return rule is None or rule.uses_input_values
+
     def _rule(self, node: fx.Node) -> Rule:
         if node not in self._rules:
-            op = self._call_target(node)
-            name = str(node.target) if node.op == "call_module" else None
-            first = node.args[0] if node.args else None
-            site = Site(op, name, isinstance(first, fx.Node) and first.op == "placeholder")
+            site = self._site(node)
+            op, name = site.op, site.name
             rule = self.rules.rule_for(site)
             if rule is None:
                 what = type(op).__name__ if isinstance(op, nn.Module) else repr(op)
