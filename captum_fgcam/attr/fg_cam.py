@@ -53,18 +53,20 @@ class FGCam(LayerAttribution, GradientAttribution):
         weighting: "grad_cam" (default), "score_cam", "grad_cam++", "xgrad_cam",
             "layer_cam", or a callable ``(forward_func, cam_layer, inputs, target,
             additional_forward_args) -> components`` (N x C x h x w at the CAM layer) that
-            runs the model through ``forward_func``.
+            runs the model through ``forward_func`` and reads the CAM layer's output from the
+            ``layer`` it is given (a stand-in module that sees that output; hook it as usual).
         cam_layer: where channel weights are computed; default: the last module with a
             spatial output before global pooling / flatten (VGG: ``features[43]``).
         rules: relevance rules (see :class:`FineGrainedUpsampler`); default: the paper's.
         device_ids: as in Captum (for ``DataParallel`` models).
+        fold_batchnorm: see :class:`FineGrainedUpsampler` (default False, as the reference).
     """
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
                  weighting: str | Callable[..., Tensor] = "grad_cam",
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 device_ids: list[int] | None = None) -> None:
+                 device_ids: list[int] | None = None, fold_batchnorm: bool = False) -> None:
         if not isinstance(forward_func, nn.Module):
             raise TypeError(
                 "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
@@ -75,7 +77,7 @@ class FGCam(LayerAttribution, GradientAttribution):
         cam = find_cam_layer(model) if cam_layer is None else cam_layer
         self.cam_layer = resolve_module(model, cam)
         self.weighting = get_weighting(weighting)
-        self.upsampler = FineGrainedUpsampler(model, cam, layer, rules)
+        self.upsampler = FineGrainedUpsampler(model, cam, layer, rules, fold_batchnorm)
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
@@ -110,7 +112,7 @@ class FGCam(LayerAttribution, GradientAttribution):
         with preserved_state(self.forward_func):
             try:
                 with up.forward.recording():
-                    components = self.weighting(up.forward, self.cam_layer, inputs, target,
+                    components = self.weighting(up.forward, up.tap, inputs, target,
                                                 additional_forward_args)
                 if up.forward.values is None:
                     raise RuntimeError(

@@ -2,11 +2,12 @@
 
 Relevance propagation needs two things a plain ``nn.Module`` does not expose: the order in
 which operations ran (including functional ones such as ``torch.flatten`` or ``+``) and the
-value every operation produced. We trace the model once with ``torch.fx`` (the CAM layer is
-kept as a single opaque node, since nothing is propagated *through* it) and run the traced
+value every operation produced. We trace the model once with ``torch.fx`` and run the traced
 graph with an :class:`fx.Interpreter` that keeps the values of the nodes that relevance will
-pass through. The traced graph calls the user's own module objects, so hooks that Captum
-registers on them fire as usual; the model itself is never modified.
+pass through. The traced graph calls the user's own leaf modules; the model itself is never
+modified. The CAM layer's output passes through a *tap* (an ``nn.Identity`` of ours) on which
+CAM weightings hook, so any module (a leaf, or a block such as ``layer4``) can be the CAM
+layer.
 """
 
 from __future__ import annotations
@@ -56,22 +57,10 @@ def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
     return model.get_submodule(qualified_name(model, layer))
 
 
-class _Tracer(fx.Tracer):
-    """Standard fx tracing, but the modules in ``opaque`` stay single nodes."""
-
-    def __init__(self, opaque: set[str]) -> None:
-        super().__init__()
-        self.opaque = opaque
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return module_qualified_name in self.opaque or super().is_leaf_module(
-            m, module_qualified_name)
-
-
 class TracedModel:
     """``model`` traced with ``torch.fx``; nodes are kept in execution (topological) order."""
 
-    def __init__(self, model: nn.Module, opaque: Sequence[str] = ()) -> None:
+    def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
@@ -79,12 +68,12 @@ class TracedModel:
             )
         self.model = model
         try:
-            graph = _Tracer(set(opaque)).trace(model)
+            graph = fx.Tracer().trace(model)
         except Exception as err:  # fx raises many types; all mean "not traceable"
             raise TypeError(
                 f"torch.fx could not trace {type(model).__name__}: {err}. Models with "
-                "data-dependent control flow cannot be traced; wrap the untraceable part "
-                "in a module and pass it as cam_layer, or simplify the forward."
+                "data-dependent control flow cannot be traced; make the forward free of "
+                "branches on tensor values."
             ) from err
         self.graph_module = fx.GraphModule(model, graph)
         self.nodes: list[fx.Node] = list(graph.nodes)
@@ -141,13 +130,16 @@ class RecordingForward:
     ``keep``; later calls (e.g. Score-CAM's masked forwards) run without recording. An
     in-place operation (``ReLU(inplace=True)``) gets a copy of its input when that input is in
     ``protect`` (its value is needed later), so recorded values are the values the operations
-    actually saw.
+    actually saw. The value of ``tap_node`` is passed through the module ``tap`` on every call.
     """
 
-    def __init__(self, traced: TracedModel, keep: set[fx.Node], protect: set[fx.Node]) -> None:
+    def __init__(self, traced: TracedModel, keep: set[fx.Node], protect: set[fx.Node],
+                 tap_node: fx.Node, tap: nn.Module) -> None:
         self.traced = traced
         self.keep = keep
         self.protect = protect
+        self.tap_node = tap_node
+        self.tap = tap
         self.values: dict[fx.Node, Any] | None = None
         self._armed = False
 
@@ -165,8 +157,7 @@ class RecordingForward:
     def __call__(self, *args: Any) -> Any:
         record = self._armed
         self._armed = False
-        interpreter = _Interpreter(self.traced, self.keep if record else set(),
-                                   self.protect if record else set())
+        interpreter = _Interpreter(self, record)
         output = interpreter.run(*args)
         if record:
             self.values = interpreter.kept
@@ -174,11 +165,12 @@ class RecordingForward:
 
 
 class _Interpreter(fx.Interpreter):
-    def __init__(self, traced: TracedModel, keep: set[fx.Node], protect: set[fx.Node]) -> None:
-        super().__init__(traced.graph_module, garbage_collect_values=True)
-        self.traced = traced
-        self.keep = keep
-        self.protect = protect
+    def __init__(self, forward: RecordingForward, record: bool) -> None:
+        super().__init__(forward.traced.graph_module, garbage_collect_values=True)
+        self.traced = forward.traced
+        self.keep = forward.keep if record else set()
+        self.protect = forward.protect if record else set()
+        self.tap_node, self.tap = forward.tap_node, forward.tap
         self.kept: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
@@ -187,6 +179,8 @@ class _Interpreter(fx.Interpreter):
             if isinstance(first, fx.Node) and first in self.protect:
                 self.env[first] = self.env[first].clone()
         result = super().run_node(n)
+        if n is self.tap_node:
+            result = self.tap(result)
         if n in self.keep:
             self.kept[n] = result.detach() if isinstance(result, Tensor) else result
         return result
@@ -233,37 +227,46 @@ def evaluate(node_args: Sequence[Any], values: dict[fx.Node, Any]) -> list[Any]:
 
 
 
-_SPATIAL_ENDS_MODULES = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-                         nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-                         nn.Flatten, nn.Linear)
-_SPATIAL_ENDS_FUNCTIONS = {"flatten", "view", "reshape", "mean", "adaptive_avg_pool2d",
-                           "adaptive_max_pool2d", "adaptive_avg_pool1d", "linear"}
+_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+          nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
+_POOL_FUNCTIONS = {"mean", "adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool1d"}
+_FLATTENS = (nn.Flatten, nn.Linear)
+_FLATTEN_FUNCTIONS = {"flatten", "view", "reshape", "linear"}
+
+
+def _kind(traced: TracedModel, node: fx.Node) -> str | None:
+    if node.op == "call_module":
+        module = traced.module(node)
+        return "pool" if isinstance(module, _POOLS) else (
+            "flatten" if isinstance(module, _FLATTENS) else None)
+    if node.op in ("call_function", "call_method"):
+        name = getattr(node.target, "__name__", str(node.target))
+        return "pool" if name in _POOL_FUNCTIONS else (
+            "flatten" if name in _FLATTEN_FUNCTIONS else None)
+    return None
 
 
 def find_cam_layer(model: nn.Module) -> str:
-    """The default CAM layer: the module whose output feeds the first global pooling,
-    flatten or linear operation (for torchvision VGG, ``features.43``, the last MaxPool).
+    """The default CAM layer: the module whose output feeds the classifier head's pooling.
 
-    When that output is produced by a functional operation outside any module (DenseNet's
-    final ``F.relu``), the search walks back through such single-input operations. Among the
-    modules producing the output, the innermost one that runs exactly once is chosen.
+    The head's pooling is the *last* adaptive pooling (or mean) in the graph, which skips the
+    pools inside squeeze-excitation blocks; a model without one uses its first flatten or
+    linear operation. For torchvision VGG this gives ``features.43`` (the last MaxPool), for
+    ResNet ``layer4.1`` (the last block). When the pooled value comes from a functional
+    operation outside any module (DenseNet's final ``F.relu``), the search walks back through
+    such single-input operations. Among the modules producing the value, the innermost one
+    that runs exactly once is chosen.
     """
     traced = TracedModel(model)
-    for node in traced.nodes:
-        if node.op == "call_module":
-            is_end = isinstance(traced.module(node), _SPATIAL_ENDS_MODULES)
-        elif node.op in ("call_function", "call_method"):
-            is_end = getattr(node.target, "__name__", str(node.target)) in _SPATIAL_ENDS_FUNCTIONS
-        else:
-            is_end = False
-        if not is_end:
-            continue
-        feature = node.all_input_nodes[0] if node.all_input_nodes else None
-        while feature is not None and feature.op in ("call_function", "call_method") \
-                and not feature.meta.get("nn_module_stack") and len(feature.all_input_nodes) == 1:
-            feature = feature.all_input_nodes[0]
-        if feature is None or feature.op == "placeholder":
-            break
+    kinds = [(node, _kind(traced, node)) for node in traced.nodes]
+    pools = [node for node, kind in kinds if kind == "pool"]
+    flattens = [node for node, kind in kinds if kind == "flatten"]
+    head = pools[-1] if pools else (flattens[0] if flattens else None)
+    feature = head.all_input_nodes[0] if head is not None and head.all_input_nodes else None
+    while feature is not None and feature.op in ("call_function", "call_method") \
+            and not feature.meta.get("nn_module_stack") and len(feature.all_input_nodes) == 1:
+        feature = feature.all_input_nodes[0]
+    if feature is not None and feature.op != "placeholder":
         candidates = [path for path, _ in feature.meta.get("nn_module_stack", {}).values()]
         if feature.op == "call_module":
             candidates.append(str(feature.target))
@@ -273,7 +276,6 @@ def find_cam_layer(model: nn.Module) -> str:
                     return name
             except LayerError:
                 continue
-        break
     raise LayerError(
-        f"could not find a CAM layer in {type(model).__name__} (the last module with a "
-        "spatial output before global pooling or flatten); pass cam_layer= explicitly")
+        f"could not find a CAM layer in {type(model).__name__} (the module whose output feeds "
+        "the classifier's global pooling); pass cam_layer= explicitly")

@@ -5,7 +5,8 @@ matches an operation decides its rule. Selectors are
 
 - a module type (``nn.Conv2d``): modules that are instances of it;
 - a module object (``model.features[0]``) or its dotted name (``"features.0"``);
-- a function or method name as it appears in the traced graph (``torch.flatten``, ``"view"``);
+- a function or method name as it appears in the traced graph (``torch.flatten``, ``"view"``),
+  or a node's name in the traced graph (``"add_3"``);
 - a :class:`Selector` object for anything else (e.g. :class:`FedByInput`).
 
 Rules may be ours (:mod:`captum_fgcam.propagation.rules`) or Captum's LRP rule objects.
@@ -20,13 +21,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from captum.attr._utils.lrp_rules import PropagationRule
 from torch import nn
 
 from .rules import (
     EpsilonRule,
+    GateRule,
     PassRule,
+    RoutingRule,
     Rule,
+    SignAwareZRule,
     WinnerTakeAllRule,
     ZBoxRule,
     ZPlusRule,
@@ -41,6 +46,7 @@ class Site:
 
     op: nn.Module | Callable[..., Any] | str
     name: str | None  # dotted module name for module calls
+    node_name: str  # the node's name in the traced graph ("add_3")
     fed_by_input: bool  # its first argument is a model input (the image)
 
 
@@ -71,7 +77,7 @@ def _matches(selector: Any, site: Site) -> bool:
     if isinstance(selector, nn.Module):
         return site.op is selector
     if isinstance(selector, str):
-        return selector == site.name or selector == site.op
+        return selector in (site.name, site.node_name) or selector == site.op
     return selector is site.op
 
 
@@ -97,31 +103,50 @@ class RuleMap:
 
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-AVG_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-             nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-#: Operations relevance passes through unchanged (element-wise, or reshapes).
-PASS_THROUGH: tuple[Any, ...] = (
-    nn.ReLU, nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    F.relu, torch.relu, torch.flatten, F.dropout, "relu", "flatten", "view", "reshape",
-    "contiguous", operator.pos,
+             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, F.max_pool2d, F.adaptive_max_pool2d)
+#: Sums with non-negative weights: average pooling, means, residual additions.
+SUMS: tuple[Any, ...] = (
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, "mean",
+    operator.add, torch.add, "add",
 )
+#: Element-wise activations and normalisations: relevance passes unchanged (the reference
+#: treats ReLU and BatchNorm so; the others get the same identity-style rule).
+ELEMENTWISE: tuple[Any, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
+    nn.Tanh, nn.Dropout, nn.Dropout2d, nn.Identity,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+    F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.dropout, F.layer_norm,
+    F.group_norm, "relu", "contiguous", operator.pos, torchvision.ops.stochastic_depth,
+)
+#: Operations that only move elements.
+ROUTING: tuple[Any, ...] = (
+    nn.Flatten, torch.flatten, torch.cat, torch.concat, torch.permute, torch.transpose,
+    "flatten", "view", "reshape", "permute", "transpose",
+)
+#: Multiplications: the gate (the broadcast operand) is treated as a constant.
+GATES: tuple[Any, ...] = (operator.mul, torch.mul, "mul")
+
+
+def _common(linear: Rule, sums: Rule) -> list[tuple[Any, Rule]]:
+    return [(ELEMENTWISE, PassRule()), (ROUTING, RoutingRule()), (GATES, GateRule()),
+            (MAX_POOLS, WinnerTakeAllRule()), (SUMS, sums), ((*CONVOLUTIONS, nn.Linear), linear)]
 
 
 def _reference() -> RuleMap:
-    """The paper's reference rules (spec section 2.4)."""
-    return RuleMap(
-        [(FedByInput(CONVOLUTIONS), ZBoxRule()), (CONVOLUTIONS, ZPlusRule()),
-         (nn.Linear, ZPlusRule()), (MAX_POOLS, WinnerTakeAllRule()), (AVG_POOLS, ZRule())]
-        + [(op, PassRule()) for op in PASS_THROUGH])
+    """The paper's reference rules (spec section 2.4), extended to every torchvision CNN part.
+
+    z^B at a convolution fed by the image, sign-aware z+ (no bias) at other convolutions and
+    linear layers, winner-take-all at max pooling, pass-through at element-wise layers; sums
+    (additions, average pooling) use the sign-aware z-rule; concatenations and reshapes route.
+    """
+    return RuleMap([(FedByInput(CONVOLUTIONS), ZBoxRule())]
+                   + _common(ZPlusRule(), SignAwareZRule()))
 
 
 def _epsilon() -> RuleMap:
-    """LRP-epsilon (1e-6) on every linear layer and pooling, as Captum's LRP does by default."""
-    eps = EpsilonRule(1e-6)
-    return RuleMap([(CONVOLUTIONS, eps), (nn.Linear, eps), (MAX_POOLS, eps), (AVG_POOLS, eps)]
-                   + [(op, PassRule()) for op in PASS_THROUGH])
+    """LRP-epsilon (1e-6) on linear layers and sums, as Captum's LRP does by default."""
+    return RuleMap(_common(EpsilonRule(1e-6), ZRule(1e-6)))
 
 
 PRESETS: dict[str, Callable[[], RuleMap]] = {"reference": _reference, "epsilon": _epsilon}

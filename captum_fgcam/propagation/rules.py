@@ -28,34 +28,71 @@ import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
 
-Op = nn.Module | Callable[..., Any] | str
+Op = Any  # an nn.Module, a function, a method name, or a WithBatchNorm view
 
 
 @dataclass
 class Call:
-    """One recorded operation: what ran (``op``), on what (``inputs``), giving ``output``.
+    """One recorded operation: what ran (``op``) on which arguments.
 
-    ``inputs`` are the positional arguments (lists such as ``torch.cat``'s flattened),
-    tensors or constants, as the operation saw them.
+    ``args`` are the positional arguments as the operation received them (tensors or
+    constants; a list argument such as ``torch.cat``'s stays a list). ``inputs`` flattens them
+    one level: rules return one relevance (or None) per entry of ``inputs``.
     """
 
     op: Op
-    inputs: list[Any]
+    args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
-    output: Any = None
+
+    @property
+    def inputs(self) -> list[Any]:
+        flat: list[Any] = []
+        for arg in self.args:
+            flat.extend(arg if isinstance(arg, (list, tuple)) else [arg])
+        return flat
 
     @property
     def x(self) -> Tensor:
         return self.inputs[0]
 
-    def function(self) -> Callable[[Tensor], Tensor]:
-        """The operation as a plain function of its first input, without module hooks."""
-        op, rest, kwargs = self.op, self.inputs[1:], self.kwargs
+    def run(self, inputs: list[Any]) -> Any:
+        """The operation on ``inputs`` (flat, as :attr:`inputs`), without module hooks."""
+        it = iter(inputs)
+        args = [type(a)(next(it) for _ in a) if isinstance(a, (list, tuple)) else next(it)
+                for a in self.args]
+        op = self.op
         if isinstance(op, nn.Module):
-            return lambda x: type(op).forward(op, x, *rest, **kwargs)
+            return type(op).forward(op, *args, **self.kwargs)
         if isinstance(op, str):
-            return lambda x: getattr(x, op)(*rest, **kwargs)
-        return lambda x: op(x, *rest, **kwargs)
+            return getattr(args[0], op)(*args[1:], **self.kwargs)
+        return op(*args, **self.kwargs)
+
+    def tensor_positions(self) -> list[int]:
+        return [i for i, v in enumerate(self.inputs) if isinstance(v, Tensor)]
+
+    def tensor_function(self) -> Callable[..., Tensor]:
+        """The operation as a function of its tensor inputs (in order), the rest fixed."""
+        inputs, positions = self.inputs, self.tensor_positions()
+
+        def fn(*tensors: Tensor) -> Tensor:
+            new = list(inputs)
+            for p, t in zip(positions, tensors, strict=True):
+                new[p] = t
+            return self.run(new)
+
+        return fn
+
+    def function(self) -> Callable[[Tensor], Tensor]:
+        """The operation as a function of its first input, everything else fixed."""
+        inputs = self.inputs
+        return lambda x: self.run([x] + inputs[1:])
+
+    def to_inputs(self, relevances: list[Tensor]) -> list[Tensor | None]:
+        """Place one relevance per tensor input at its position in :attr:`inputs`."""
+        out: list[Tensor | None] = [None] * len(self.inputs)
+        for p, r in zip(self.tensor_positions(), relevances, strict=True):
+            out[p] = r
+        return out
 
 
 def to_first_input(call: Call, relevance: Tensor) -> list[Tensor | None]:
@@ -93,8 +130,46 @@ def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
         return list(torch.autograd.grad(z, leaves, s))
 
 
-def linear_layer(module: nn.Module) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
+LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class WithBatchNorm:
+    r"""A convolution or linear layer followed by BatchNorm, seen as one linear layer:
+
+    s = \gamma / \sqrt{\sigma^2 + \epsilon},  w' = w s,  b' = (b - \mu) s + \beta
+    (running statistics). Computed from the current parameters on every use; the model's
+    modules are not changed.
+    """
+
+    def __init__(self, layer: nn.Module, norm: nn.modules.batchnorm._BatchNorm) -> None:
+        self.layer = layer
+        self.norm = norm
+
+    def _scale(self) -> Tensor:
+        norm = self.norm
+        gamma = norm.weight.detach() if norm.weight is not None else 1.0
+        return gamma / torch.sqrt(norm.running_var + norm.eps)
+
+    @property
+    def weight(self) -> Tensor:
+        w = self.layer.weight.detach()
+        return w * self._scale().reshape(-1, *([1] * (w.dim() - 1)))
+
+    @property
+    def bias(self) -> Tensor:
+        norm = self.norm
+        b = self.layer.bias.detach() if self.layer.bias is not None else 0.0
+        shift = norm.bias.detach() if norm.bias is not None else 0.0
+        return (b - norm.running_mean) * self._scale() + shift
+
+    def __repr__(self) -> str:
+        return f"WithBatchNorm({self.layer!r}, {self.norm!r})"
+
+
+def linear_layer(module: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """A convolution or fully connected module as ``f(x, weight, bias)``."""
+    if isinstance(module, WithBatchNorm):
+        return linear_layer(module.layer)
     if isinstance(module, nn.Linear):
         return F.linear
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
@@ -110,25 +185,35 @@ def linear_layer(module: nn.Module) -> Callable[[Tensor, Tensor, Tensor | None],
         "needs one")
 
 
+def _stabilise(z: Tensor, epsilon: float) -> Tensor:
+    """z + epsilon sign(z) with sign(0) = 1 (Captum's and Zennit's convention)."""
+    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
 def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
-                 relevance: Tensor) -> Tensor:
+                 relevance: Tensor, epsilon: float = 0.0) -> Tensor:
     r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
 
     The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K terms
     run as one convolution over the channel-concatenated inputs and weights (one forward and
-    one transposed convolution instead of K of each). Image tensors are processed in the
+    one transposed convolution instead of K of each). With ``epsilon`` > 0 the denominator
+    is z_j + epsilon sign(z_j) instead of "0 where z_j = 0". Image tensors are processed in the
     channels-last memory format, which the convolution kernels run fastest in (values are
     unchanged; only the layout differs).
     """
-    if relevance.dim() == 4:
+    layer = module.layer if isinstance(module, WithBatchNorm) else module
+    is_conv = not isinstance(layer, nn.Linear)
+    if relevance.dim() == 4 and is_conv:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
         relevance = relevance.contiguous(memory_format=torch.channels_last)
     f = linear_layer(module)
-    scale = lambda z: safe_divide(relevance, z)  # noqa: E731
-    if len(xs) > 1 and getattr(module, "groups", 1) == 1:
-        (grad,) = vector_jacobian(lambda x: f(x, torch.cat(weights, dim=1), None),
-                                  [torch.cat(xs, dim=1)], scale)
-        grads = list(grad.chunk(len(xs), dim=1))
+    scale = ((lambda z: relevance / _stabilise(z, epsilon)) if epsilon
+             else (lambda z: safe_divide(relevance, z)))
+    if len(xs) > 1 and getattr(layer, "groups", 1) == 1:
+        dim = 1 if is_conv else -1  # the axis a layer sums over: channels, or features
+        (grad,) = vector_jacobian(lambda x: f(x, torch.cat(weights, dim=dim), None),
+                                  [torch.cat(xs, dim=dim)], scale)
+        grads = list(grad.chunk(len(xs), dim=dim))
     else:
         grads = vector_jacobian(
             lambda *a: _total(f(x, w, None) for x, w in zip(a, weights, strict=True)), xs, scale)
@@ -166,17 +251,87 @@ class WinnerTakeAllRule(Rule):
         return to_first_input(call, routed)
 
 
-class ZRule(Rule):
-    r"""The basic z-rule for a positive linear operation (average pooling):
+class RoutingRule(Rule):
+    r"""For operations that only move elements (concatenation, permutation, reshapes):
+    each input element gets the relevance of the output element it became, R_in = J^T R
+    (J is a 0/1 matrix). Conserves relevance exactly.
+    """
 
-    z_j = \sum_i x_i w_ij ;  R_i = x_i \sum_j w_ij R_j / z_j .
-    Conserves relevance where no z_j is 0.
+    uses_input_values = False
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        tensors = [call.inputs[p] for p in call.tensor_positions()]
+        return call.to_inputs(vector_jacobian(call.tensor_function(), tensors,
+                                              lambda _: relevance))
+
+
+class ZRule(Rule):
+    r"""The z-rule for an operation that is linear in its tensor inputs (sums, pooling):
+
+    z_j = \sum_i x_i w_ij ;  R_i = x_i \sum_j w_ij R_j / z_j ,
+    with z_j + \epsilon sign(z_j) as denominator when ``epsilon`` > 0 (Zennit's ``Norm`` rule
+    with its stabiliser 1e-6) and 0 where z_j = 0 otherwise. Conserves relevance where no
+    z_j is 0 (epsilon = 0).
+    """
+
+    def __init__(self, epsilon: float = 0.0) -> None:
+        self.epsilon = epsilon
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        tensors = [call.inputs[p] for p in call.tensor_positions()]
+        scale = ((lambda z: relevance / _stabilise(z, self.epsilon)) if self.epsilon
+                 else (lambda z: safe_divide(relevance, z)))
+        grads = vector_jacobian(call.tensor_function(), tensors, scale)
+        return call.to_inputs([x * g for x, g in zip(tensors, grads, strict=True)])
+
+
+class SignAwareZRule(Rule):
+    r"""The sign-aware z-rule for operations that sum their inputs with non-negative
+    weights (residual additions, average pooling, means):
+
+    z_j = \sum_i c_ij with c_ij = w_ij x_i ;  R_i = \sum_j c_ij^{s_j} R_j / \sum_i' c_i'j^{s_j} ,
+    where s_j = sign(z_j), c^+ = max(0, c) and c^- = min(0, c): an output's relevance goes to
+    the contributions that share its sign, so a sum of large opposite terms never inflates
+    relevance. Conserves relevance exactly wherever z_j != 0 (z_j = 0 drops R_j).
     """
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
-        (grad,) = vector_jacobian(call.function(), [call.x],
-                                  lambda z: safe_divide(relevance, z))
-        return to_first_input(call, call.x * grad)
+        tensors = [call.inputs[p] for p in call.tensor_positions()]
+        fn = call.tensor_function()
+        pos = [t.clamp(min=0) for t in tensors]
+        neg = [t.clamp(max=0) for t in tensors]
+        with torch.no_grad():
+            z_pos, z_neg = fn(*pos), fn(*neg)
+            sign = z_pos + z_neg
+        g_pos = vector_jacobian(fn, pos, lambda _: torch.where(
+            sign > 0, safe_divide(relevance, z_pos), 0.0))
+        g_neg = vector_jacobian(fn, neg, lambda _: torch.where(
+            sign < 0, safe_divide(relevance, z_neg), 0.0))
+        return call.to_inputs([p * gp + n * gn for p, gp, n, gn
+                               in zip(pos, g_pos, neg, g_neg, strict=True)])
+
+
+class GateRule(Rule):
+    r"""A multiplicative gate y = g \odot x (squeeze-excitation ``x * scale``, layer scale):
+    the gate g is treated as a constant, so y is linear in x with weight g and the z-rule
+    gives R_x = g x R / (g x) = R; the gate receives none. The signal x is the tensor
+    operand with the output's shape; the other operand is the gate (broadcast, or a
+    parameter). Conserves relevance exactly.
+    """
+
+    uses_input_values = False
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        positions = call.tensor_positions()
+        full = [p for p in positions if call.inputs[p].shape == relevance.shape]
+        if len(full) != 1:
+            raise ValueError(
+                f"cannot tell signal from gate in {call.op!r}: {len(full)} operands have the "
+                "output's shape; register a rule for this operation (e.g. rules={'mul_1': "
+                "ZRule()}) or give the gate a broadcast shape")
+        out: list[Tensor | None] = [None] * len(call.inputs)
+        out[full[0]] = relevance
+        return out
 
 
 class ZPlusRule(Rule):
@@ -185,18 +340,21 @@ class ZPlusRule(Rule):
     z_j = \sum_i x_i^+ w_ij^+ + x_i^- w_ij^- ;
     R_i = x_i^+ \sum_j w_ij^+ R_j / z_j + x_i^- \sum_j w_ij^- R_j / z_j .
     Conserves relevance where no z_j is 0. For non-negative x (after a ReLU) only the first
-    term is computed.
+    term is computed. ``epsilon`` > 0 stabilises the denominator as Zennit's ``ZPlus`` does
+    (z_j + epsilon sign(z_j)); the reference uses none.
     """
+
+    def __init__(self, epsilon: float = 0.0) -> None:
+        self.epsilon = epsilon
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module, x = call.op, call.x
-        assert isinstance(module, nn.Module)
         w = module.weight.detach()
         if bool((x < 0).any()):
             r = linear_terms(module, [x.clamp(min=0), x.clamp(max=0)],
-                             [w.clamp(min=0), w.clamp(max=0)], relevance)
+                             [w.clamp(min=0), w.clamp(max=0)], relevance, self.epsilon)
         else:
-            r = linear_terms(module, [x], [w.clamp(min=0)], relevance)
+            r = linear_terms(module, [x], [w.clamp(min=0)], relevance, self.epsilon)
         return to_first_input(call, r)
 
 
@@ -215,29 +373,28 @@ class _StabilisedLinearRule(Rule):
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module = call.op
-        if isinstance(module, nn.Module) and isinstance(
-                module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(module, (WithBatchNorm, *LINEAR_LAYERS)):
             f = linear_layer(module)
             bias = module.bias.detach() if module.bias is not None else None
             w, b = self.modify(module.weight.detach(), bias)
             fn = lambda x: f(x, w, b)  # noqa: E731
         else:
             fn = call.function()
-        eps = self.epsilon
-
-        def scale(z: Tensor) -> Tensor:
-            sign = torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
-            return relevance / (z + eps * sign)
-
-        (grad,) = vector_jacobian(fn, [call.x], scale)
+        (grad,) = vector_jacobian(fn, [call.x],
+                                  lambda z: relevance / _stabilise(z, self.epsilon))
         return to_first_input(call, call.x * grad)
 
 
 class EpsilonRule(_StabilisedLinearRule):
-    r"""LRP-epsilon: R_i = x_i \sum_j w_ij R_j / (z_j + \epsilon sign(z_j)), z_j with bias."""
+    r"""LRP-epsilon: R_i = x_i \sum_j w_ij R_j / (z_j + \epsilon sign(z_j)), z_j with bias
+    (without it if ``zero_bias``, as Zennit's ``zero_params=["bias"]``)."""
 
-    def __init__(self, epsilon: float = 1e-9) -> None:
+    def __init__(self, epsilon: float = 1e-9, zero_bias: bool = False) -> None:
         self.epsilon = epsilon
+        self.zero_bias = zero_bias
+
+    def modify(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        return weight, None if self.zero_bias else bias
 
 
 class GammaRule(_StabilisedLinearRule):
@@ -311,7 +468,6 @@ class ZBoxRule(Rule, PropagationRule):
         return [x, low, high], [w, -w.clamp(min=0), -w.clamp(max=0)]
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
-        assert isinstance(call.op, nn.Module)
         return to_first_input(call, linear_terms(call.op, *self._terms(call.op, call.x),
                                                  relevance))
 

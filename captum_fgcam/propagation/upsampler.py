@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .._state import preserved_state
 from .graph import LayerError, LayerRef, RecordingForward, TracedModel, qualified_name
 from .presets import RuleMap, Site, resolve_rules
-from .rules import Call, Rule
+from .rules import LINEAR_LAYERS, Call, PassRule, Rule, WithBatchNorm
 
 
 class MissingRuleError(TypeError):
@@ -51,6 +51,9 @@ class FineGrainedUpsampler:
         rules: None (reference rules), a preset name, a :class:`RuleMap`, or a dict
             ``{module type / module / name: rule}`` overriding the reference rules; Captum's
             ``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule`` are accepted.
+        fold_batchnorm: treat each convolution or linear layer followed by BatchNorm as one
+            linear layer with folded parameters (as Zennit's canonizers do); default: BatchNorm
+            passes relevance through, as in the reference.
 
     Examples::
 
@@ -61,7 +64,8 @@ class FineGrainedUpsampler:
     """
 
     def __init__(self, model: nn.Module, from_layer: LayerRef, to_layer: LayerRef,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None) -> None:
+                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
+                 fold_batchnorm: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(
                 "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
@@ -70,7 +74,7 @@ class FineGrainedUpsampler:
         self.from_name = qualified_name(model, from_layer)
         self.to_name = qualified_name(model, to_layer)
         self.rules = resolve_rules(rules)
-        self.traced = TracedModel(model, opaque=[self.from_name])
+        self.traced = TracedModel(model)
         self.start = self.traced.output_node(self.from_name)
         self.to_output = self.traced.output_node(self.to_name)
         self.to_input = self.traced.input_node(self.to_name)
@@ -81,11 +85,14 @@ class FineGrainedUpsampler:
                 f"{self.from_name!r}; relevance only moves towards the input. Choose a "
                 "shallower layer, or a deeper cam_layer")
         span = self.traced.nodes[position[self.to_input]:position[self.start] + 1]
+        self._rules: dict[fx.Node, Rule] = {}
+        self.folded = self._fold_batchnorm(span) if fold_batchnorm else {}
         keep = set(span) | {arg for node in span for arg in node.all_input_nodes}
         protect = {arg for node in span if node.op.startswith("call")
                    for arg in node.all_input_nodes if self._uses_input_values(node)}
-        self.forward = RecordingForward(self.traced, keep, protect)
-        self._rules: dict[fx.Node, Rule] = {}
+        #: CAM weightings hook this identity module: its output is ``from_layer``'s output.
+        self.tap = nn.Identity()
+        self.forward = RecordingForward(self.traced, keep, protect, self.start, self.tap)
 
     # -- recording ---------------------------------------------------------------------
     def record(self, inputs: Sequence[Tensor], additional_forward_args: Any = None) -> Tensor:
@@ -122,11 +129,11 @@ class FineGrainedUpsampler:
                 break
             if r_out is None:
                 continue
-            args = flat_args(node)
             call = Call(self._call_target(node),
-                        [values[a] if isinstance(a, fx.Node) else a for a in args],
-                        dict(node.kwargs), values[node])
-            for arg, r_in in zip(args, self._rule(node).propagate(call, r_out), strict=True):
+                        fx.node.map_arg(node.args, lambda a: values[a]),
+                        fx.node.map_arg(dict(node.kwargs), lambda a: values[a]))
+            for arg, r_in in zip(flat_args(node), self._rule(node).propagate(call, r_out),
+                                 strict=True):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
         return r_out.contiguous() if r_out is not None else torch.zeros_like(values[stop])
@@ -151,15 +158,34 @@ class FineGrainedUpsampler:
         return self.forward.values
 
     def _call_target(self, node: fx.Node) -> Any:
+        if node in self.folded:
+            return self.folded[node]
         return self.traced.module(node) if node.op == "call_module" else node.target
+
+    def _fold_batchnorm(self, span: list[fx.Node]) -> dict[fx.Node, WithBatchNorm]:
+        """Linear layers whose only consumer is a BatchNorm, seen together with it."""
+        folded = {}
+        for node in span:
+            if node.op != "call_module":
+                continue
+            norm = self.traced.module(node)
+            producer = node.args[0] if node.args else None
+            if (isinstance(norm, nn.modules.batchnorm._BatchNorm)
+                    and isinstance(producer, fx.Node) and producer.op == "call_module"
+                    and isinstance(self.traced.module(producer), LINEAR_LAYERS)
+                    and len(producer.users) == 1):
+                folded[producer] = WithBatchNorm(self.traced.module(producer), norm)
+                self._rules[node] = PassRule()
+        return folded
 
     def _site(self, node: fx.Node) -> Site:
         first = node.args[0] if node.args else None
-        return Site(self._call_target(node), str(node.target) if node.op == "call_module" else None,
+        op = self.traced.module(node) if node.op == "call_module" else node.target
+        return Site(op, str(node.target) if node.op == "call_module" else None, node.name,
                     isinstance(first, fx.Node) and first.op == "placeholder")
 
     def _uses_input_values(self, node: fx.Node) -> bool:
-        rule = self.rules.rule_for(self._site(node))
+        rule = self._rules.get(node) or self.rules.rule_for(self._site(node))
         return rule is None or rule.uses_input_values
 
     def _rule(self, node: fx.Node) -> Rule:
@@ -168,7 +194,8 @@ class FineGrainedUpsampler:
             op, name = site.op, site.name
             rule = self.rules.rule_for(site)
             if rule is None:
-                what = type(op).__name__ if isinstance(op, nn.Module) else repr(op)
+                what = (type(op).__name__ if isinstance(op, nn.Module) else repr(op)
+                        if isinstance(op, str) else f"{op.__module__}.{op.__qualname__}")
                 raise MissingRuleError(
                     f"no relevance rule for {what} (at {name or node.name!r}). Register one, "
                     f"e.g. rules={{{what}: PassRule()}} for an element-wise operation or "
