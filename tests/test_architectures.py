@@ -46,6 +46,7 @@ class CountingZPlus(ZPlusRule):
     """z+ that also adds up the relevance it drops at zero denominators (z_j = 0)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.dropped = 0.0
 
     def propagate(self, call, relevance):

@@ -119,3 +119,25 @@ def test_captum_identity_rule_and_presets():
         resolve_rules("nope")
     with pytest.raises(TypeError, match="rules must be"):
         resolve_rules(3)
+
+
+def test_sign_aware_sum_fast_path_equals_general_path():
+    """Additions of equal shapes use a closed form; it must equal the autograd form."""
+    import operator
+
+    from captum_fgcam.propagation.rules import Call, SignAwareZRule
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    b[0, 0, 0, 0] = -a[0, 0, 0, 0]  # z = 0: relevance dropped on both paths
+    relevance = torch.randn(2, 3, 4, 4)
+    rule = SignAwareZRule()
+    fast = rule.propagate(Call(operator.add, (a, b)), relevance)
+    general = rule.propagate(Call(torch.add, (a, b), {"alpha": 1}), relevance)
+    for f, g in zip(fast, general, strict=True):
+        assert torch.allclose(f, g, atol=1e-6)
+    assert fast[0][0, 0, 0, 0] == 0 and fast[1][0, 0, 0, 0] == 0
+    z = a + b
+    keep = z != 0
+    total = (fast[0] + fast[1])[keep].sum()
+    assert torch.allclose(total, relevance[keep].sum(), rtol=1e-5)  # conserved where z != 0

@@ -116,8 +116,11 @@ class Rule(ABC):
 
 
 def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """numerator / denominator, and 0 where the denominator is exactly 0."""
-    return torch.where(denominator == 0, 0.0, numerator / denominator)
+    """numerator / denominator, and 0 where the denominator is exactly 0.
+
+    (Division by 0 gives +-inf or NaN exactly there, which are then replaced by 0.)
+    """
+    return (numerator / denominator).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
@@ -190,6 +193,25 @@ def _stabilise(z: Tensor, epsilon: float) -> Tensor:
     return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
 
 
+def transpose_linear(module: Any, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+    """w^T s: the transposed convolution (or matrix product) back to the shape of ``x``.
+
+    Calls the convolution's backward kernel directly (what autograd would run, without
+    building a graph); ``x`` only provides the shape and layout.
+    """
+    layer = module.layer if isinstance(module, WithBatchNorm) else module
+    if isinstance(layer, nn.Linear):
+        return s @ weight
+    if isinstance(layer.padding, str):  # "same"/"valid": let autograd work out the padding
+        f = linear_layer(layer)
+        (grad,) = vector_jacobian(lambda a: f(a, weight, None), [x], lambda _: s)
+        return grad
+    dims = weight.dim() - 2
+    return torch.ops.aten.convolution_backward(
+        s, x, weight, None, list(layer.stride), list(layer.padding), list(layer.dilation),
+        False, [0] * dims, layer.groups, [True, False, False])[0]
+
+
 def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
                  relevance: Tensor, epsilon: float = 0.0) -> Tensor:
     r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
@@ -207,17 +229,20 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
         relevance = relevance.contiguous(memory_format=torch.channels_last)
     f = linear_layer(module)
-    scale = ((lambda z: relevance / _stabilise(z, epsilon)) if epsilon
-             else (lambda z: safe_divide(relevance, z)))
-    if len(xs) > 1 and getattr(layer, "groups", 1) == 1:
-        dim = 1 if is_conv else -1  # the axis a layer sums over: channels, or features
-        (grad,) = vector_jacobian(lambda x: f(x, torch.cat(weights, dim=dim), None),
-                                  [torch.cat(xs, dim=dim)], scale)
-        grads = list(grad.chunk(len(xs), dim=dim))
-    else:
-        grads = vector_jacobian(
-            lambda *a: _total(f(x, w, None) for x, w in zip(a, weights, strict=True)), xs, scale)
-    return _total(x * g for x, g in zip(xs, grads, strict=True))
+
+    def scale(z: Tensor) -> Tensor:
+        return relevance / _stabilise(z, epsilon) if epsilon else safe_divide(relevance, z)
+
+    with torch.no_grad():
+        if len(xs) > 1 and getattr(layer, "groups", 1) == 1:
+            dim = 1 if is_conv else -1  # the axis a layer sums over: channels, or features
+            x_all, w_all = torch.cat(xs, dim=dim), torch.cat(weights, dim=1)
+            grad = transpose_linear(module, scale(f(x_all, w_all, None)), w_all, x_all)
+            grads = list(grad.chunk(len(xs), dim=dim))
+        else:
+            s = scale(_total(f(x, w, None) for x, w in zip(xs, weights, strict=True)))
+            grads = [transpose_linear(module, s, w, x) for x, w in zip(xs, weights, strict=True)]
+        return _total(x * g for x, g in zip(xs, grads, strict=True))
 
 
 def _total(terms: Iterable[Tensor]) -> Tensor:
@@ -297,6 +322,8 @@ class SignAwareZRule(Rule):
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         tensors = [call.inputs[p] for p in call.tensor_positions()]
+        if _is_plain_sum(call, tensors, relevance):
+            return call.to_inputs(self._plain_sum(tensors, relevance))
         fn = call.tensor_function()
         pos = [t.clamp(min=0) for t in tensors]
         neg = [t.clamp(max=0) for t in tensors]
@@ -309,6 +336,27 @@ class SignAwareZRule(Rule):
             sign < 0, safe_divide(relevance, z_neg), 0.0))
         return call.to_inputs([p * gp + n * gn for p, gp, n, gn
                                in zip(pos, g_pos, neg, g_neg, strict=True)])
+
+
+    @staticmethod
+    def _plain_sum(tensors: list[Tensor], relevance: Tensor) -> list[Tensor]:
+        """The same rule for z = a + b + ... of equal shapes, without autograd."""
+        with torch.no_grad():
+            z = _total(tensors)
+            positive = z > 0
+            parts = [torch.where(positive, t.clamp(min=0), t.clamp(max=0)) for t in tensors]
+            ratio = safe_divide(relevance, _total(parts)).masked_fill_(z == 0, 0.0)
+            return [part * ratio for part in parts]
+
+
+_ADDITIONS = (operator.add, torch.add, "add")
+
+
+def _is_plain_sum(call: Call, tensors: list[Tensor], relevance: Tensor) -> bool:
+    """An addition of tensors that all have the output's shape (no broadcast, no alpha)."""
+    return (any(call.op is a or call.op == a for a in _ADDITIONS) and not call.kwargs
+            and len(tensors) == len(call.inputs)
+            and all(t.shape == relevance.shape for t in tensors))
 
 
 class GateRule(Rule):
@@ -350,7 +398,9 @@ class ZPlusRule(Rule):
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module, x = call.op, call.x
         w = module.weight.detach()
-        if bool((x < 0).any()):
+        if x.dim() == 4 and not isinstance(module, nn.Linear):  # see linear_terms
+            x = x.contiguous(memory_format=torch.channels_last)
+        if bool(x.min() < 0):
             r = linear_terms(module, [x.clamp(min=0), x.clamp(max=0)],
                              [w.clamp(min=0), w.clamp(max=0)], relevance, self.epsilon)
         else:
