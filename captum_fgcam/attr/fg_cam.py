@@ -14,33 +14,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from captum._utils.common import _format_tensor_into_tuples
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from captum._utils.typing import TargetType
 from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from .._batching import take, take_all
 from .._state import preserved_state
 from ..denoising import svd_denoise
 from ..propagation.graph import LayerRef, find_cam_layer, resolve_module
 from ..propagation.presets import RuleMap
 from ..propagation.upsampler import FineGrainedUpsampler
 from ..weightings import ScoreCamWeighting, get_weighting
-
-
-def check_inputs(inputs: tuple[Tensor, ...]) -> None:
-    """Refuse inputs the attribution cannot explain, with the fix in the message."""
-    for i, x in enumerate(inputs):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"input {i} is a {type(x).__name__}; pass a torch.Tensor")
-        if not x.is_floating_point():
-            raise TypeError(f"input {i} has dtype {x.dtype}; convert images to float "
-                            "(e.g. x.float() / 255, then normalise)")
-        if x.dim() == 0 or x.shape[0] == 0:
-            raise ValueError(f"input {i} has an empty batch (shape {tuple(x.shape)}); pass at "
-                             "least one example")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"input {i} contains NaN or Inf; clean the input first")
+from .validation import check_inputs, check_target
 
 
 class FGCam(LayerAttribution, GradientAttribution):
@@ -77,13 +64,15 @@ class FGCam(LayerAttribution, GradientAttribution):
         cam = find_cam_layer(model) if cam_layer is None else cam_layer
         self.cam_layer = resolve_module(model, cam)
         self.weighting = get_weighting(weighting)
+        self._builtin_weighting = isinstance(weighting, (str, ScoreCamWeighting))
         self.upsampler = FineGrainedUpsampler(model, cam, layer, rules, fold_batchnorm)
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   relu_attributions: bool = False, attr_dim_summation: bool = True,
-                  denoise: bool = False, denoise_rank: float | int = 0.1) -> Tensor:
+                  denoise: bool = False, denoise_rank: float | int = 0.1,
+                  internal_batch_size: int | None = None) -> Tensor:
         r"""
         Args:
             inputs: the (normalised) image batch, N x C x H x W, or a tuple whose first
@@ -97,6 +86,8 @@ class FGCam(LayerAttribution, GradientAttribution):
                 per-channel relevance at the layer.
             denoise, denoise_rank: FG-CAM with denoising: keep the top ``denoise_rank``
                 (fraction of min(C, hw), or a count) singular triplets of the components.
+            internal_batch_size: process at most this many examples at a time (for batches
+                larger than memory allows); the result is the same.
 
         Returns:
             Signed relevance on the input's device.
@@ -107,11 +98,36 @@ class FGCam(LayerAttribution, GradientAttribution):
             >>> attr = fg.attribute(x, target=labels)   # N x 1 x 56 x 56 at 224 px
         """
         inputs = _format_tensor_into_tuples(inputs)
-        check_inputs(inputs)
+        check_inputs(self.forward_func, inputs, self.upsampler.image_rank)
+        extra = _format_additional_forward_args(additional_forward_args)
+        n = inputs[0].shape[0]
+        step = n if internal_batch_size is None else internal_batch_size
+        if step < 1:
+            raise ValueError(f"internal_batch_size must be >= 1; got {internal_batch_size}")
+        chunks = []
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            chunks.append(self._attribute_chunk(
+                tuple(x[rows] for x in inputs), take(target, rows, n),
+                take_all(extra, rows, n) or None, attribute_to_layer_input, denoise,
+                denoise_rank))
+        relevance = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        if attr_dim_summation:
+            relevance = relevance.sum(dim=1, keepdim=True)
+        return relevance.clamp(min=0) if relu_attributions else relevance
+
+    def _attribute_chunk(self, inputs: tuple[Tensor, ...], target: TargetType,
+                         additional_forward_args: tuple[Any, ...] | None, to_input: bool,
+                         denoise: bool, denoise_rank: float | int) -> Tensor:
+        """One forward pass and one propagation for a batch of examples."""
         up = self.upsampler
+        n = inputs[0].shape[0]
         with preserved_state(self.forward_func):
             try:
-                with up.forward.recording():
+                def check(output: Any) -> None:
+                    check_target(target, n, output, required=self._builtin_weighting)
+
+                with up.forward.recording(check=check):
                     components = self.weighting(up.forward, up.tap, inputs, target,
                                                 additional_forward_args)
                 if up.forward.values is None:
@@ -120,12 +136,9 @@ class FGCam(LayerAttribution, GradientAttribution):
                         "run the model through the forward_func it is given")
                 if denoise:
                     components = svd_denoise(components, denoise_rank)
-                relevance = up.propagate(components, attribute_to_layer_input)
+                return up.propagate(components, to_input)
             finally:
                 up.forward.release()
-        if attr_dim_summation:
-            relevance = relevance.sum(dim=1, keepdim=True)
-        return relevance.clamp(min=0) if relu_attributions else relevance
 
 
 class FGGradCam(FGCam):

@@ -144,12 +144,14 @@ class RecordingForward:
         self._armed = False
 
     @contextlib.contextmanager
-    def recording(self) -> Iterator[RecordingForward]:
-        self.values, self._armed = None, True
+    def recording(self, check: Callable[[Any], None] | None = None
+                  ) -> Iterator[RecordingForward]:
+        """Record the next call; ``check`` sees its output before the caller does."""
+        self.values, self._armed, self._check = None, True, check
         try:
             yield self
         finally:
-            self._armed = False
+            self._armed, self._check = False, None
 
     def release(self) -> None:
         self.values = None
@@ -161,6 +163,8 @@ class RecordingForward:
         output = interpreter.run(*args)
         if record:
             self.values = interpreter.kept
+            if self._check is not None:
+                self._check(output)
         return output
 
 

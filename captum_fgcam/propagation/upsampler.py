@@ -90,6 +90,11 @@ class FineGrainedUpsampler:
         keep = set(span) | {arg for node in span for arg in node.all_input_nodes}
         protect = {arg for node in span if node.op.startswith("call")
                    for arg in node.all_input_nodes if self._uses_input_values(node)}
+        #: rank of the image batch the first layer expects (4 for Conv2d), if it can be told
+        self.image_rank = next(
+            (self.traced.module(n).weight.dim() for n in self.traced.nodes
+             if n.op == "call_module" and isinstance(self.traced.module(n), LINEAR_LAYERS[1:])
+             and any(a.op == "placeholder" for a in n.all_input_nodes)), None)
         #: CAM weightings hook this identity module: its output is ``from_layer``'s output.
         self.tap = nn.Identity()
         self.forward = RecordingForward(self.traced, keep, protect, self.start, self.tap)

@@ -24,6 +24,7 @@ from captum._utils.typing import TargetType
 from captum.attr import LayerActivation
 from torch import Tensor, nn
 
+from .._batching import take, take_all
 from ..propagation.rules import safe_divide
 
 
@@ -74,18 +75,9 @@ class ScoreCamWeighting:
                 rows = torch.arange(start, min(start + self.batch_size, n * c), device=x.device)
                 image = rows // c
                 masks = channel_masks(flat_acts[rows], tuple(x.shape[2:]))
-                out = forward_func(x[image] * masks.unsqueeze(1),
-                                   *(_rows(arg, image, n) for arg in extra))
+                out = forward_func(x[image] * masks.unsqueeze(1), *take_all(extra, image, n))
                 if self.score == "softmax":
                     out = out.softmax(dim=1)
-                weights[rows] = _select_targets(out, _rows(targets, rows, n * c)).reshape(-1)
+                weights[rows] = _select_targets(out, take(targets, rows, n * c)).reshape(-1)
         return weights.reshape(n, c, *([1] * (acts.dim() - 2))) * acts
 
-
-def _rows(value: Any, rows: Tensor, n: int) -> Any:
-    """``value[rows]`` for per-example values (tensors or lists of length n), else ``value``."""
-    if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-        return value[rows]
-    if isinstance(value, list) and len(value) == n:
-        return [value[i] for i in rows.tolist()]
-    return value

@@ -1,0 +1,79 @@
+"""Checks that turn bad input into errors that name the problem and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor, nn
+
+UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...], image_rank: int | None) -> None:
+    """Type, dtype, rank, emptiness, finiteness and device of the inputs."""
+    device = next((p.device for p in model.parameters()), None)
+    for i, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input {i} is a {type(x).__name__}; pass a torch.Tensor")
+        if not x.is_floating_point():
+            raise TypeError(f"input {i} has dtype {x.dtype}; convert images to float "
+                            "(e.g. x.float() / 255, then normalise)")
+        if x.dtype in UNSUPPORTED_DTYPES:
+            raise TypeError(
+                f"input {i} has dtype {x.dtype}: half precision is not supported (relevance "
+                "ratios lose too many digits); pass x.float() and a model.float()")
+        if i == 0 and image_rank is not None and x.dim() != image_rank:
+            raise ValueError(
+                f"input has {x.dim()} dimensions but the model's first convolution expects "
+                f"{image_rank} (a batch, N x C x H x W for images); add the batch dimension "
+                "with x.unsqueeze(0)")
+        if x.dim() == 0 or x.shape[0] == 0:
+            raise ValueError(f"input {i} has an empty batch (shape {tuple(x.shape)}); pass at "
+                             "least one example")
+        if device is not None and x.device != device:
+            raise ValueError(f"input {i} is on {x.device} but the model is on {device}; move "
+                             f"one of them (x.to({str(device)!r}))")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"input {i} contains NaN or Inf; clean the input first")
+
+
+def check_target(target: TargetType, n: int, output: Any, required: bool = True) -> None:
+    """Target forms as in Captum, each index within the model's output for ``n`` examples.
+
+    ``required``: a missing target is an error for a model with several outputs (built-in
+    weightings explain one class); custom weightings may not need one.
+    """
+    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != n:
+        raise ValueError(
+            f"the model returned {type(output).__name__} of shape "
+            f"{tuple(getattr(output, 'shape', ()))} for {n} examples; the forward must return "
+            "one row of scores per example")
+    classes = output.shape[1] if output.dim() > 1 else 1
+    if target is None:
+        if required and output[0].numel() != 1:
+            raise ValueError(f"the model has {classes} outputs per example: pass target= (a "
+                             "class index, or one per example)")
+        return
+    if isinstance(target, Tensor):
+        if target.dtype.is_floating_point:
+            raise TypeError(f"target has dtype {target.dtype}; pass class indices as integers "
+                            "(e.g. labels.long())")
+        if target.numel() != 1 and target.shape[0] != n:
+            raise ValueError(f"target has {target.shape[0]} entries for {n} examples; give one "
+                             "per example, or a single class for all")
+        values = target.flatten().tolist()
+    elif isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for {n} examples; give one per "
+                             "example, or a single class for all")
+        values = [t[0] if isinstance(t, tuple) else t for t in target]
+    elif isinstance(target, tuple):
+        values = [target[0]]
+    else:
+        values = [target]
+    bad = [v for v in values if not 0 <= int(v) < classes]
+    if bad:
+        raise ValueError(f"target {bad[0]} is out of range: the model has {classes} classes "
+                         f"(0 to {classes - 1})")
