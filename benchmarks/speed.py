@@ -11,25 +11,14 @@ the median of ``--repeats`` runs, printed as seconds and as a ratio to the floor
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torchvision
 from captum.attr import LayerGradCam
+from timing import median_time
 
 from captum_fgcam import FGGradCam, FGScoreCam, find_cam_layer
-
-
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (allocator, oneDNN primitive caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def first_conv(model: torch.nn.Module) -> str:

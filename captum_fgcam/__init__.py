@@ -1,6 +1,17 @@
 """captum-fgcam: FG-CAM (fine-grained, high-faithfulness class activation maps) for Captum."""
 
-from .attr import FGCam, FGGradCam, FGScoreCam
+from .attr import (
+    CLRP,
+    LRP,
+    SGLRP,
+    FGCam,
+    FGGradCam,
+    FGScoreCam,
+    GradCamPlusPlus,
+    LayerCam,
+    ScoreCam,
+    XGradCam,
+)
 from .denoising import svd_denoise
 from .propagation import (
     AlphaOneBetaZeroRule,
@@ -22,7 +33,9 @@ from .propagation import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlphaOneBetaZeroRule", "EpsilonRule", "FGCam", "FGGradCam", "FGScoreCam",
+    "CLRP", "LRP", "SGLRP",
+    "AlphaOneBetaZeroRule", "EpsilonRule", "FGCam", "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
+    "LayerCam", "ScoreCam", "XGradCam",
     "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule", "Rule",
     "RuleMap",
     "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "svd_denoise",

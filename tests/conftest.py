@@ -38,3 +38,14 @@ def vgg16bn() -> nn.Module:
 def image_batch(n: int, h: int, w: int, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, h, w, generator=g)
+
+
+def layer_output(forward_func, layer, inputs) -> torch.Tensor:
+    """Run ``forward_func`` once and return what ``layer`` produced (for custom weightings)."""
+    acts = {}
+    handle = layer.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
+    try:
+        forward_func(*inputs)
+    finally:
+        handle.remove()
+    return acts["a"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 from captum.attr import LayerGradCam, NoiseTunnel
-from conftest import image_batch, make_vgg
+from conftest import image_batch, layer_output, make_vgg
 from torch import nn
 
 from captum_fgcam import (
@@ -48,13 +48,8 @@ def test_custom_callable_weighting(vgg11bn):
     x = image_batch(2, 64, 64)
 
     def uniform(forward_func, layer, inputs, target, extra):
-        acts = {}
-        handle = layer.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
-        try:
-            forward_func(*inputs)
-        finally:
-            handle.remove()
-        return acts["a"].detach()  # every channel weight 1: plain activation relevance
+        # every channel weight 1: plain activation relevance
+        return layer_output(forward_func, layer, inputs).detach()
 
     got = FGCam(vgg11bn, vgg11bn.features[0], weighting=uniform).attribute(
         x, attribute_to_layer_input=True)

@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import image_batch, make_vgg
+from conftest import image_batch, layer_output, make_vgg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_architectures import CountingZPlus
@@ -82,14 +82,9 @@ def test_no_activation_stays_referenced(vgg):
     seen = []
 
     def watching(forward_func, layer, inputs, target, extra):
-        acts = {}
-        handle = layer.register_forward_hook(lambda m, i, o: acts.setdefault("a", o))
-        try:
-            forward_func(*inputs)
-        finally:
-            handle.remove()
-        seen.append(weakref.ref(acts["a"]))
-        return acts["a"].detach() * 1.0
+        acts = layer_output(forward_func, layer, inputs)
+        seen.append(weakref.ref(acts))
+        return acts.detach() * 1.0
 
     fg = FGCam(vgg, vgg.features[0], weighting=watching)
     for _ in range(3):

@@ -1,5 +1,8 @@
 """Captum-facing attribution classes."""
 
+from .cam import GradCamPlusPlus, LayerCam, ScoreCam, XGradCam
 from .fg_cam import FGCam, FGGradCam, FGScoreCam
+from .lrp import CLRP, LRP, SGLRP
 
-__all__ = ["FGCam", "FGGradCam", "FGScoreCam"]
+__all__ = ["CLRP", "LRP", "SGLRP", "FGCam", "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
+           "LayerCam", "ScoreCam", "XGradCam"]

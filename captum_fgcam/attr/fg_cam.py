@@ -152,14 +152,15 @@ class FGGradCam(FGCam):
 
 
 class FGScoreCam(FGCam):
-    """FG-Score-CAM: reference Score-CAM components, propagated.
-
-    ``batch_size`` masked images go through the model per forward pass.
+    """FG-Score-CAM: Score-CAM components (``variant="reference"``, FG-CAM's, by default;
+    ``"score-cam"`` for the Score-CAM paper's), propagated. ``batch_size`` masked images go
+    through the model per forward pass.
     """
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 batch_size: int = 64, device_ids: list[int] | None = None) -> None:
-        super().__init__(forward_func, layer, ScoreCamWeighting(batch_size), cam_layer, rules,
-                         device_ids)
+                 batch_size: int = 64, device_ids: list[int] | None = None,
+                 variant: str = "reference") -> None:
+        super().__init__(forward_func, layer, ScoreCamWeighting(batch_size, variant), cam_layer,
+                         rules, device_ids)

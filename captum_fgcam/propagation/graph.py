@@ -270,16 +270,37 @@ def find_cam_layer(model: nn.Module) -> str:
     while feature is not None and feature.op in ("call_function", "call_method") \
             and not feature.meta.get("nn_module_stack") and len(feature.all_input_nodes) == 1:
         feature = feature.all_input_nodes[0]
-    if feature is not None and feature.op != "placeholder":
-        candidates = [path for path, _ in feature.meta.get("nn_module_stack", {}).values()]
-        if feature.op == "call_module":
-            candidates.append(str(feature.target))
-        for name in reversed(candidates):
-            try:
-                if traced.output_node(name) is feature:
-                    return name
-            except LayerError:
-                continue
+    name = _module_producing(traced, feature)
+    if name is not None:
+        return name
     raise LayerError(
         f"could not find a CAM layer in {type(model).__name__} (the module whose output feeds "
         "the classifier's global pooling); pass cam_layer= explicitly")
+
+
+def _module_producing(traced: TracedModel, node: fx.Node | None) -> str | None:
+    """The innermost module, run exactly once, whose output is ``node``'s value."""
+    if node is None or node.op == "placeholder":
+        return None
+    candidates = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
+    if node.op == "call_module":
+        candidates.append(str(node.target))
+    for name in reversed(candidates):
+        try:
+            if traced.output_node(name) is node:
+                return name
+        except LayerError:
+            continue
+    return None
+
+
+def find_output_layer(model: nn.Module) -> str:
+    """The module whose output is the model's output (the logits), e.g. ``fc``."""
+    traced = TracedModel(model)
+    result = traced.nodes[-1].all_input_nodes
+    name = _module_producing(traced, result[0] if len(result) == 1 else None)
+    if name is None:
+        raise LayerError(
+            f"could not find the module producing {type(model).__name__}'s output (the "
+            "logits); pass output_layer= explicitly")
+    return name

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
 
-Op = Any  # an nn.Module, a function, a method name, or a WithBatchNorm view
+Op = Any  # an nn.Module, a function, a method name, or a LinearView
 
 
 @dataclass
@@ -136,7 +136,24 @@ def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
 LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class WithBatchNorm:
+class LinearView:
+    """A convolution or linear ``layer`` seen with other parameters (``weight``, ``bias``).
+
+    Rules treat a view like the layer itself; the model's modules are never changed.
+    """
+
+    layer: nn.Module
+
+    @property
+    def weight(self) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def bias(self) -> Tensor | None:
+        raise NotImplementedError
+
+
+class WithBatchNorm(LinearView):
     r"""A convolution or linear layer followed by BatchNorm, seen as one linear layer:
 
     s = \gamma / \sqrt{\sigma^2 + \epsilon},  w' = w s,  b' = (b - \mu) s + \beta
@@ -171,7 +188,7 @@ class WithBatchNorm:
 
 def linear_layer(module: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """A convolution or fully connected module as ``f(x, weight, bias)``."""
-    if isinstance(module, WithBatchNorm):
+    if isinstance(module, LinearView):
         return linear_layer(module.layer)
     if isinstance(module, nn.Linear):
         return F.linear
@@ -199,7 +216,7 @@ def transpose_linear(module: Any, s: Tensor, weight: Tensor, x: Tensor) -> Tenso
     Calls the convolution's backward kernel directly (what autograd would run, without
     building a graph); ``x`` only provides the shape and layout.
     """
-    layer = module.layer if isinstance(module, WithBatchNorm) else module
+    layer = module.layer if isinstance(module, LinearView) else module
     if isinstance(layer, nn.Linear):
         return s @ weight
     if isinstance(layer.padding, str):  # "same"/"valid": let autograd work out the padding
@@ -223,7 +240,7 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     channels-last memory format, which the convolution kernels run fastest in (values are
     unchanged; only the layout differs).
     """
-    layer = module.layer if isinstance(module, WithBatchNorm) else module
+    layer = module.layer if isinstance(module, LinearView) else module
     is_conv = not isinstance(layer, nn.Linear)
     if relevance.dim() == 4 and is_conv:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
@@ -398,7 +415,8 @@ class ZPlusRule(Rule):
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module, x = call.op, call.x
         w = module.weight.detach()
-        if x.dim() == 4 and not isinstance(module, nn.Linear):  # see linear_terms
+        layer = module.layer if isinstance(module, LinearView) else module
+        if x.dim() == 4 and not isinstance(layer, nn.Linear):  # see linear_terms
             x = x.contiguous(memory_format=torch.channels_last)
         if bool(x.min() < 0):
             r = linear_terms(module, [x.clamp(min=0), x.clamp(max=0)],
@@ -423,7 +441,7 @@ class _StabilisedLinearRule(Rule):
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module = call.op
-        if isinstance(module, (WithBatchNorm, *LINEAR_LAYERS)):
+        if isinstance(module, (LinearView, *LINEAR_LAYERS)):
             f = linear_layer(module)
             bias = module.bias.detach() if module.bias is not None else None
             w, b = self.modify(module.weight.detach(), bias)

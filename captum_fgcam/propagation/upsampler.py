@@ -111,12 +111,16 @@ class FineGrainedUpsampler:
         return self._values()[self.start]
 
     # -- propagation ---------------------------------------------------------------------
-    def propagate(self, components: Tensor, attribute_to_layer_input: bool = False) -> Tensor:
+    def propagate(self, components: Tensor, attribute_to_layer_input: bool = False,
+                  views: Mapping[str, Any] | None = None) -> Tensor:
         """Relevance at ``to_layer`` (output, or input) for ``components`` at ``from_layer``.
 
         Needs a recorded forward pass (:meth:`record`, or a weighting's forward through
-        ``self.forward`` inside ``self.forward.recording()``).
+        ``self.forward`` inside ``self.forward.recording()``). ``views`` maps module names to
+        :class:`LinearView` objects that rules see instead of those modules (CLRP's virtual
+        class).
         """
+        views = views or {}
         values = self._values()
         expected = values[self.start].shape
         if components.shape != expected:
@@ -134,7 +138,8 @@ class FineGrainedUpsampler:
                 break
             if r_out is None:
                 continue
-            call = Call(self._call_target(node),
+            op = views.get(str(node.target)) if node.op == "call_module" else None
+            call = Call(op or self._call_target(node),
                         fx.node.map_arg(node.args, lambda a: values[a]),
                         fx.node.map_arg(dict(node.kwargs), lambda a: values[a]))
             for arg, r_in in zip(flat_args(node), self._rule(node).propagate(call, r_out),

@@ -2,8 +2,10 @@ r"""Gradient-based CAM weightings. With A the CAM layer's output, g = dy_c/dA (y
 
 - Grad-CAM:    E_k = w_k A_k,  w_k = mean_ij g_k(i, j)            (Captum's ``LayerGradCam``)
 - Grad-CAM++:  E_k = w_k A_k,  w_k = \sum_ij a_k(i,j) relu(g_k(i,j)),
-               a = g^2 / (2 g^2 + \sum_ij A_k g^3)  (0 where the denominator is 0)
-- XGrad-CAM:   E_k = w_k A_k,  w_k = \sum_ij g_k A_k / \sum_ij A_k  (0 where the sum is 0)
+               a_k(i,j) = g^2 / (2 g^2 + (\sum_ab A_k(a,b)) g^3)  (0 where the denominator is 0;
+               pytorch-grad-cam adds 1e-6 to it instead)
+- XGrad-CAM:   E_k = w_k A_k,  w_k = \sum_ij g_k A_k / \sum_ij A_k  (0 where the sum is 0;
+               pytorch-grad-cam adds 1e-7 to it)
 - Layer-CAM:   E_k(i,j) = relu(g_k(i,j)) A_k(i,j)  (pixel-wise weights)
 """
 
@@ -45,7 +47,7 @@ def grad_cam_plus_plus(forward_func: Callable[..., Any], layer: nn.Module,
                                       additional_forward_args)
     dims = tuple(range(2, g.dim()))
     g2 = g.pow(2)
-    alpha = safe_divide(g2, 2 * g2 + (a * g.pow(3)).sum(dim=dims, keepdim=True))
+    alpha = safe_divide(g2, 2 * g2 + a.sum(dim=dims, keepdim=True) * g.pow(3))
     weights = (alpha * g.clamp(min=0)).sum(dim=dims, keepdim=True)
     return weights * a
 

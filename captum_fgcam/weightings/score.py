@@ -1,10 +1,16 @@
-r"""Score-CAM weighting, the FG-CAM reference variant.
+r"""Score-CAM weighting, in two variants.
 
-For each channel k: M_k = minmax(upsample(A_k)) (bilinear to the input size; range + 1e-9
+``variant="reference"`` (FG-CAM's reference, the default): for each channel k,
+M_k = minmax(upsample(A_k)) (bilinear, align_corners=False, to the input size; range + 1e-9
 only where the channel's max is 0; a constant channel gives M_k = 0 instead of NaN or noise),
-w_k = softmax(f(x * M_k))_c (no baseline, no softmax across channels), E_k = w_k A_k with the
-raw A. The N x C masked forward passes run in chunks of ``batch_size`` images, across channels
-and images alike.
+w_k = softmax(f(x * M_k))_c (no baseline, no softmax across channels).
+
+``variant="score-cam"`` (the Score-CAM paper as pytorch-grad-cam implements it):
+M_k = (up(A_k) - min) / (max - min + 1e-8) with bilinear align_corners=True, s_k = f(x * M_k)_c
+(the logit), w = softmax over channels of s.
+
+Both: E_k = w_k A_k with the raw A. The N x C masked forward passes run in chunks of
+``batch_size`` images, across channels and images alike.
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from .._batching import take, take_all
 from ..propagation.rules import safe_divide
 
 
+def channel_masks_score_cam(acts: Tensor, size: tuple[int, ...]) -> Tensor:
+    """pytorch-grad-cam's masks: align_corners=True, range + 1e-8."""
+    up = F.interpolate(acts.unsqueeze(1), size=size, mode="bilinear", align_corners=True)[:, 0]
+    low = up.amin(dim=(1, 2), keepdim=True)
+    return (up - low) / (up.amax(dim=(1, 2), keepdim=True) - low + 1e-8)
+
+
 def channel_masks(acts: Tensor, size: tuple[int, ...]) -> Tensor:
     """Upsampled, per-channel min-max normalised activations: (B, h, w) -> (B, H, W).
 
@@ -43,18 +56,17 @@ def channel_masks(acts: Tensor, size: tuple[int, ...]) -> Tensor:
 
 
 class ScoreCamWeighting:
-    """Score-CAM channel weights; ``batch_size`` masked images per forward pass.
+    """Score-CAM channel weights; ``batch_size`` masked images per forward pass."""
 
-    ``score="softmax"`` (reference) or ``"logit"`` selects what is read at the target class.
-    """
+    VARIANTS = ("reference", "score-cam")
 
-    def __init__(self, batch_size: int = 64, score: str = "softmax") -> None:
+    def __init__(self, batch_size: int = 64, variant: str = "reference") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        if score not in ("softmax", "logit"):
-            raise ValueError(f"score must be 'softmax' or 'logit'; got {score!r}")
+        if variant not in self.VARIANTS:
+            raise ValueError(f"variant must be one of {self.VARIANTS}; got {variant!r}")
         self.batch_size = batch_size
-        self.score = score
+        self.variant = variant
 
     def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
                  inputs: tuple[Tensor, ...], target: TargetType,
@@ -74,10 +86,14 @@ class ScoreCamWeighting:
             for start in range(0, n * c, self.batch_size):
                 rows = torch.arange(start, min(start + self.batch_size, n * c), device=x.device)
                 image = rows // c
-                masks = channel_masks(flat_acts[rows], tuple(x.shape[2:]))
+                make_masks = (channel_masks if self.variant == "reference"
+                              else channel_masks_score_cam)
+                masks = make_masks(flat_acts[rows], tuple(x.shape[2:]))
                 out = forward_func(x[image] * masks.unsqueeze(1), *take_all(extra, image, n))
-                if self.score == "softmax":
+                if self.variant == "reference":
                     out = out.softmax(dim=1)
                 weights[rows] = _select_targets(out, take(targets, rows, n * c)).reshape(-1)
+        if self.variant == "score-cam":
+            weights = weights.reshape(n, c).softmax(dim=1)
         return weights.reshape(n, c, *([1] * (acts.dim() - 2))) * acts
 

@@ -1,0 +1,83 @@
+r"""Plain CAM baselines as Captum layer attributions, sharing FG-CAM's weightings.
+
+map = \sum_k E_k at ``layer`` (N x 1 x h x w), E the weighting's components; upsample it with
+``LayerAttribution.interpolate`` for display. The same weighting objects feed :class:`FGCam`,
+so a plain CAM and its FG version differ only in what happens after the components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum._utils.typing import TargetType
+from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from .._state import preserved_state
+from ..weightings import ScoreCamWeighting, grad_cam_plus_plus, layer_cam, xgrad_cam
+from .validation import check_inputs
+
+
+class _PlainCam(LayerAttribution, GradientAttribution):
+    """A CAM from a weighting: sum of the components over channels at ``layer``'s output."""
+
+    weighting: Callable[..., Tensor]
+
+    def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
+                 device_ids: list[int] | None = None) -> None:
+        LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        GradientAttribution.__init__(self, forward_func)
+
+    @log_usage()
+    def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
+                  additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
+                  relu_attributions: bool = False, attr_dim_summation: bool = True) -> Tensor:
+        """Captum's ``LayerGradCam`` conventions; the map is at the layer's output."""
+        if attribute_to_layer_input:
+            raise NotImplementedError(
+                f"{type(self).__name__} weights a layer's output channels; pass the module "
+                "whose output you want as layer instead of attribute_to_layer_input=True")
+        inputs = _format_tensor_into_tuples(inputs)
+        model = self.forward_func if isinstance(self.forward_func, nn.Module) else None
+        if model is not None:
+            check_inputs(model, inputs, None)
+        extra = _format_additional_forward_args(additional_forward_args)
+        if model is not None:
+            with preserved_state(model):
+                components = self.weighting(model, self.layer, inputs, target, extra)
+        else:
+            components = self.weighting(self.forward_func, self.layer, inputs, target, extra)
+        cam = components.sum(dim=1, keepdim=True) if attr_dim_summation else components
+        return cam.clamp(min=0) if relu_attributions else cam
+
+
+class GradCamPlusPlus(_PlainCam):
+    """Grad-CAM++ (Chattopadhay et al. 2018); equation in :mod:`captum_fgcam.weightings`."""
+
+    weighting = staticmethod(grad_cam_plus_plus)
+
+
+class XGradCam(_PlainCam):
+    """XGrad-CAM (Fu et al. 2020); equation in :mod:`captum_fgcam.weightings`."""
+
+    weighting = staticmethod(xgrad_cam)
+
+
+class LayerCam(_PlainCam):
+    """Layer-CAM (Jiang et al. 2021): pixel-wise weights relu(dy_c/dA) * A."""
+
+    weighting = staticmethod(layer_cam)
+
+
+class ScoreCam(_PlainCam):
+    """Score-CAM; ``variant="reference"`` (FG-CAM's, default) or ``"score-cam"`` (the paper's,
+    as pytorch-grad-cam); ``batch_size`` masked images per forward pass."""
+
+    def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
+                 device_ids: list[int] | None = None, batch_size: int = 64,
+                 variant: str = "reference") -> None:
+        super().__init__(forward_func, layer, device_ids)
+        self.weighting = ScoreCamWeighting(batch_size, variant)

@@ -1,0 +1,171 @@
+r"""LRP from the logits on the propagation engine: ``LRP``, ``CLRP`` and ``SGLRP``.
+
+All three propagate initial relevances R0 at the model's output (the logits y) down to
+``layer`` with the same rules as FG-CAM (default: the paper's reference rules), and work on
+every architecture the engine supports. With R(R0) that propagation:
+
+- LRP:   R0 = onehot_c * y_c;  map = R(R0).
+- CLRP (Gu, Yang, Tresp 2018):  map = R(R0_t) / sum R(R0_t) - R(R0_d) / sum R(R0_d), with the
+  target R0_t = onehot_c * y_c and the dual either (``dual=1``, default) a virtual class whose
+  output-layer weights are the target's negated (R0_d = onehot_c, propagated through the
+  negated weights; its scale cancels in the normalisation), or (``dual=2``) every other class,
+  R0_d[n != c] = y_c / (N - 1).
+- SGLRP (Iwana et al. 2019): with p = softmax(y), R0_t = onehot_c * p_c (1 - p_c),
+  R0_d[n != c] = p_c p_n;  map = R(R0_t) - R(R0_d) * (sum R(R0_t) / sum R(R0_d)).
+
+Sums are per example; a zero sum gives a zero term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum._utils.typing import TargetType
+from captum.attr._utils.attribution import LayerAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from .._state import preserved_state
+from ..propagation.graph import LayerRef, find_output_layer, resolve_module
+from ..propagation.presets import RuleMap
+from ..propagation.rules import LinearView, safe_divide
+from ..propagation.upsampler import FineGrainedUpsampler
+from .validation import check_inputs, check_target
+
+
+def _per_example_sum(r: Tensor) -> Tensor:
+    return r.reshape(r.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (r.dim() - 1)))
+
+
+def _one_hot(logits: Tensor, target: TargetType) -> Tensor:
+    n, classes = logits.shape[0], logits.shape[1]
+    index = torch.as_tensor(target, device=logits.device).reshape(-1).expand(n)
+    return torch.nn.functional.one_hot(index, classes).to(logits.dtype)
+
+
+class NegatedRows(LinearView):
+    """The output layer with the rows of ``classes`` negated (CLRP's virtual class)."""
+
+    def __init__(self, layer: nn.Module, classes: Tensor) -> None:
+        self.layer = layer
+        self.classes = classes
+
+    @property
+    def weight(self) -> Tensor:
+        w = self.layer.weight.detach().clone()
+        w[self.classes] = -w[self.classes]
+        return w
+
+    @property
+    def bias(self) -> Tensor | None:
+        return None
+
+
+class LRP(LayerAttribution):
+    r"""LRP started at the logits with R0 = onehot_c y_c, to any layer or the input.
+
+    Args:
+        forward_func: the model (``nn.Module``).
+        layer: where relevance is returned (its output, or input with
+            ``attribute_to_layer_input=True``; the first convolution's input is the image).
+        rules: as for :class:`~captum_fgcam.FineGrainedUpsampler` (default: the paper's).
+        output_layer: the module producing the logits (found automatically).
+        fold_batchnorm: fold BatchNorm into the preceding layer (Zennit's convention).
+    """
+
+    def __init__(self, forward_func: nn.Module, layer: LayerRef,
+                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
+                 output_layer: LayerRef | None = None, fold_batchnorm: bool = False) -> None:
+        model = forward_func
+        super().__init__(model, resolve_module(model, layer))
+        out = find_output_layer(model) if output_layer is None else output_layer
+        self.output_layer = resolve_module(model, out)
+        self.upsampler = FineGrainedUpsampler(model, out, layer, rules, fold_batchnorm)
+
+    def initial_relevances(self, logits: Tensor, target: TargetType) -> list[Tensor]:
+        """R0 for each propagation this method needs (here one: onehot_c * y_c)."""
+        return [_one_hot(logits, target) * logits]
+
+    def combine(self, maps: list[Tensor]) -> Tensor:
+        return maps[0]
+
+    def views(self, target: TargetType, logits: Tensor) -> list[dict[str, Any]]:
+        """Per propagation, the layers rules see differently (none for plain LRP)."""
+        return [{} for _ in self.initial_relevances(logits, target)]
+
+    @log_usage()
+    def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
+                  additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
+                  relu_attributions: bool = False, attr_dim_summation: bool = True) -> Tensor:
+        """Captum's conventions; returns signed relevance (N x 1 x ... when summed)."""
+        inputs = _format_tensor_into_tuples(inputs)
+        check_inputs(self.forward_func, inputs, self.upsampler.image_rank)
+        up = self.upsampler
+        n = inputs[0].shape[0]
+        with preserved_state(self.forward_func):
+            try:
+                extra = _format_additional_forward_args(additional_forward_args) or ()
+                with torch.no_grad(), up.forward.recording(
+                        check=lambda out: check_target(target, n, out)):
+                    up.forward(*inputs, *extra)
+                logits = up.activation()
+                starts = self.initial_relevances(logits, target)
+                maps = [up.propagate(r0, attribute_to_layer_input, views)
+                        for r0, views in zip(starts, self.views(target, logits), strict=True)]
+            finally:
+                up.forward.release()
+        relevance = self.combine(maps)
+        if attr_dim_summation:
+            relevance = relevance.sum(dim=1, keepdim=True)
+        return relevance.clamp(min=0) if relu_attributions else relevance
+
+
+class CLRP(LRP):
+    """Contrastive LRP; ``dual=1`` (virtual class, default) or ``dual=2`` (other classes)."""
+
+    def __init__(self, forward_func: nn.Module, layer: LayerRef,
+                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
+                 output_layer: LayerRef | None = None, fold_batchnorm: bool = False,
+                 dual: int = 1) -> None:
+        if dual not in (1, 2):
+            raise ValueError(f"dual must be 1 (virtual class) or 2 (other classes); got {dual}")
+        super().__init__(forward_func, layer, rules, output_layer, fold_batchnorm)
+        if dual == 1 and not isinstance(self.output_layer, nn.Linear):
+            raise TypeError("CLRP's first dual negates the output layer's weights, which must "
+                            "be nn.Linear; use dual=2")
+        self.dual = dual
+
+    def initial_relevances(self, logits: Tensor, target: TargetType) -> list[Tensor]:
+        onehot = _one_hot(logits, target)
+        score = (onehot * logits).sum(dim=1, keepdim=True)
+        if self.dual == 1:
+            return [onehot * score, onehot]
+        return [onehot * score, (1 - onehot) * score / (logits.shape[1] - 1)]
+
+    def views(self, target: TargetType, logits: Tensor) -> list[dict[str, Any]]:
+        if self.dual == 2:
+            return [{}, {}]
+        classes = _one_hot(logits, target).argmax(dim=1).unique()
+        return [{}, {self.upsampler.from_name: NegatedRows(self.output_layer, classes)}]
+
+    def combine(self, maps: list[Tensor]) -> Tensor:
+        target, dual = maps
+        return (safe_divide(target, _per_example_sum(target))
+                - safe_divide(dual, _per_example_sum(dual)))
+
+
+class SGLRP(LRP):
+    """Softmax-gradient LRP."""
+
+    def initial_relevances(self, logits: Tensor, target: TargetType) -> list[Tensor]:
+        onehot = _one_hot(logits, target)
+        p = logits.softmax(dim=1)
+        p_c = (onehot * p).sum(dim=1, keepdim=True)
+        return [onehot * p_c * (1 - p_c), (1 - onehot) * p_c * p]
+
+    def combine(self, maps: list[Tensor]) -> Tensor:
+        target, dual = maps
+        return target - dual * safe_divide(_per_example_sum(target), _per_example_sum(dual))
