@@ -85,7 +85,7 @@ def test_maps_sum_as_defined(cls, kwargs):
 
 
 def test_lrp_equals_captum_lrp_with_matching_rules():
-    model = make_vgg("vgg11", seed=2)
+    model = make_vgg("vgg16", seed=2)
     for m in model.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = False
