@@ -89,7 +89,10 @@ class ScoreCamWeighting:
                 make_masks = (channel_masks if self.variant == "reference"
                               else channel_masks_score_cam)
                 masks = make_masks(flat_acts[rows], tuple(x.shape[2:]))
-                out = forward_func(x[image] * masks.unsqueeze(1), *take_all(extra, image, n))
+                masked = x[image] * masks.unsqueeze(1)
+                if masked.dim() == 4:  # convolutions run fastest channels-last on CPU
+                    masked = masked.contiguous(memory_format=torch.channels_last)
+                out = forward_func(masked, *take_all(extra, image, n))
                 if self.variant == "reference":
                     out = out.softmax(dim=1)
                 weights[rows] = _select_targets(out, take(targets, rows, n * c)).reshape(-1)
