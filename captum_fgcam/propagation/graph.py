@@ -13,7 +13,7 @@ layer.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch.fx as fx
@@ -201,32 +201,6 @@ def _is_inplace(traced: TracedModel, node: fx.Node) -> bool:
                 or name in {"iadd", "isub", "imul", "itruediv"}
                 or (name.endswith("_") and not name.startswith("_")))
     return False
-
-
-def call_target(traced: TracedModel, node: fx.Node) -> nn.Module | Callable | str:
-    """What a node calls: the module, the function, or the method name."""
-    if node.op == "call_module":
-        return traced.module(node)
-    return node.target  # type: ignore[return-value]
-
-
-def tensor_args(node: fx.Node) -> list[fx.Node | None]:
-    """The node's positional arguments, flattened one level (``torch.cat([a, b])``)."""
-    flat: list[Any] = []
-    for arg in node.args:
-        if isinstance(arg, (list, tuple)):
-            flat.extend(arg)
-        else:
-            flat.append(arg)
-    return [a if isinstance(a, fx.Node) else None for a in flat]
-
-
-def as_tensor_list(values: Sequence[Any]) -> list[Tensor | None]:
-    return [v if isinstance(v, Tensor) else None for v in values]
-
-
-def evaluate(node_args: Sequence[Any], values: dict[fx.Node, Any]) -> list[Any]:
-    return [values[a] if isinstance(a, fx.Node) else a for a in node_args]
 
 
 
