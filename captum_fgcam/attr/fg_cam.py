@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from .._batching import take, take_all
 from .._state import preserved_state
 from ..denoising import svd_denoise
-from ..propagation.graph import LayerRef, find_cam_layer, resolve_module
+from ..propagation.graph import LayerRef, find_cam_layer, require_module, resolve_module
 from ..propagation.presets import RuleMap
 from ..propagation.upsampler import FineGrainedUpsampler
 from ..weightings import ScoreCamWeighting, get_weighting
@@ -54,10 +54,7 @@ class FGCam(LayerAttribution, GradientAttribution):
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  device_ids: list[int] | None = None, fold_batchnorm: bool = False) -> None:
-        if not isinstance(forward_func, nn.Module):
-            raise TypeError(
-                "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
-                f"{type(forward_func).__name__}. Pass the model itself rather than a function.")
+        require_module(forward_func)
         model = forward_func
         LayerAttribution.__init__(self, model, resolve_module(model, layer), device_ids)
         GradientAttribution.__init__(self, model)

@@ -52,6 +52,14 @@ def qualified_name(model: nn.Module, layer: LayerRef) -> str:
     return names[0]
 
 
+def require_module(model: object) -> None:
+    """Refuse a plain function where the model itself is needed (its graph is traced)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
+            f"{type(model).__name__}. Pass the model itself rather than a function.")
+
+
 def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
     """The module ``layer`` refers to (validated as in :func:`qualified_name`)."""
     return model.get_submodule(qualified_name(model, layer))
@@ -61,11 +69,7 @@ class TracedModel:
     """``model`` traced with ``torch.fx``; nodes are kept in execution (topological) order."""
 
     def __init__(self, model: nn.Module) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
-                f"{type(model).__name__}. Pass the model itself rather than a function."
-            )
+        require_module(model)
         self.model = model
         try:
             graph = fx.Tracer().trace(model)

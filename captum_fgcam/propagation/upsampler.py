@@ -18,7 +18,14 @@ from captum._utils.common import _format_additional_forward_args, _format_tensor
 from torch import Tensor, nn
 
 from .._state import preserved_state
-from .graph import LayerError, LayerRef, RecordingForward, TracedModel, qualified_name
+from .graph import (
+    LayerError,
+    LayerRef,
+    RecordingForward,
+    TracedModel,
+    qualified_name,
+    require_module,
+)
 from .presets import RuleMap, Site, resolve_rules
 from .rules import LINEAR_LAYERS, Call, PassRule, Rule, WithBatchNorm
 
@@ -66,10 +73,7 @@ class FineGrainedUpsampler:
     def __init__(self, model: nn.Module, from_layer: LayerRef, to_layer: LayerRef,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  fold_batchnorm: bool = False) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(
-                "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
-                f"{type(model).__name__}. Pass the model itself rather than a function.")
+        require_module(model)
         self.model = model
         self.from_name = qualified_name(model, from_layer)
         self.to_name = qualified_name(model, to_layer)

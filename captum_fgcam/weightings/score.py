@@ -82,12 +82,11 @@ class ScoreCamWeighting:
         targets = _expand_target(target, c, ExpansionTypes.repeat_interleave)
         flat_acts = acts.reshape(n * c, *acts.shape[2:])
         weights = torch.empty(n * c, dtype=x.dtype, device=x.device)
+        make_masks = channel_masks if self.variant == "reference" else channel_masks_score_cam
         with torch.no_grad():
             for start in range(0, n * c, self.batch_size):
                 rows = torch.arange(start, min(start + self.batch_size, n * c), device=x.device)
                 image = rows // c
-                make_masks = (channel_masks if self.variant == "reference"
-                              else channel_masks_score_cam)
                 masks = make_masks(flat_acts[rows], tuple(x.shape[2:]))
                 masked = x[image] * masks.unsqueeze(1)
                 if masked.dim() == 4:  # convolutions run fastest channels-last on CPU
