@@ -12,7 +12,7 @@ from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRu
 from conftest import image_batch, make_vgg
 from torch import nn
 
-from captum_fgcam import FineGrainedUpsampler, PassRule, ZBoxRule
+from captum_fgcam import FGGradCam, FineGrainedUpsampler, PassRule, ZBoxRule
 from captum_fgcam.propagation import EpsilonRule as OurEpsilonRule
 from captum_fgcam.propagation import resolve_rules
 
@@ -141,3 +141,33 @@ def test_sign_aware_sum_fast_path_equals_general_path():
     keep = z != 0
     total = (fast[0] + fast[1])[keep].sum()
     assert torch.allclose(total, relevance[keep].sum(), rtol=1e-5)  # conserved where z != 0
+
+
+def test_slicing_routes_relevance_only_to_the_rows_it_keeps():
+    """A model that crops its input (``x[:, :, :8]``) gets no relevance in the rows it drops."""
+
+    class Crop(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :, : x.shape[2] // 2]
+
+    class Cropped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.crop = Crop()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(self.crop(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Cropped().eval()
+    x = torch.randn(2, 3, 16, 16)
+    full = FGGradCam(model, model.crop).attribute(x, target=1, attribute_to_layer_input=True)
+    cropped = FGGradCam(model, model.features[0]).attribute(x, target=1,
+                                                             attribute_to_layer_input=True)
+    assert full.shape == (2, 1, 16, 16)
+    assert torch.equal(full[:, :, 8:], torch.zeros_like(full[:, :, 8:]))
+    torch.testing.assert_close(full[:, :, :8], cropped)
+    assert full[:, :, :8].abs().sum() > 0

@@ -122,7 +122,7 @@ ELEMENTWISE: tuple[Any, ...] = (
 #: Operations that only move elements.
 ROUTING: tuple[Any, ...] = (
     nn.Flatten, torch.flatten, torch.cat, torch.concat, torch.permute, torch.transpose,
-    "flatten", "view", "reshape", "permute", "transpose",
+    operator.getitem, "flatten", "view", "reshape", "permute", "transpose", "narrow",
 )
 #: Multiplications: the gate (the broadcast operand) is treated as a constant.
 GATES: tuple[Any, ...] = (operator.mul, torch.mul, "mul")
