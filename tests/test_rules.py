@@ -14,7 +14,7 @@ from torch import nn
 
 from captum_fgcam import FGGradCam, FineGrainedUpsampler, PassRule, ZBoxRule
 from captum_fgcam.propagation import EpsilonRule as OurEpsilonRule
-from captum_fgcam.propagation import resolve_rules
+from captum_fgcam.propagation import find_input_layer, resolve_rules
 
 
 @pytest.fixture(scope="module")
@@ -171,3 +171,43 @@ def test_slicing_routes_relevance_only_to_the_rows_it_keeps():
     assert torch.equal(full[:, :, 8:], torch.zeros_like(full[:, :, 8:]))
     torch.testing.assert_close(full[:, :, :8], cropped)
     assert full[:, :, :8].abs().sum() > 0
+
+
+def test_a_constant_zero_gate_passes_no_relevance_and_the_image_rule_looks_through_it():
+    """A fixed 0/1 mask in front of the first convolution (a model that cannot see the lower
+    rows): no relevance reaches the masked pixels, and the convolution still gets z^B."""
+
+    class Wall(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            visible = torch.ones(1, 1, 16, 16)
+            visible[..., 8:, :] = 0
+            self.register_buffer("visible", visible)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.visible
+
+    class Walled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wall = Wall()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(self.wall(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model = Walled().eval()
+    x = torch.randn(2, 3, 16, 16)
+    assert find_input_layer(model) == "wall"
+    up = FineGrainedUpsampler(model, model.features[3], model.wall)
+    first = next(n for n in up.traced.nodes if n.target == "features.0")
+    assert isinstance(up.rules.rule_for(up._site(first)), ZBoxRule)
+    image = FGGradCam(model, "wall").attribute(x, target=1, attribute_to_layer_input=True)
+    behind = FGGradCam(model, "features.0").attribute(x, target=1,
+                                                       attribute_to_layer_input=True)
+    assert behind[:, :, 8:].abs().sum() > 0  # z^B gives the masked zeros relevance ...
+    assert torch.equal(image[:, :, 8:], torch.zeros_like(image[:, :, 8:]))  # ... the wall not
+    torch.testing.assert_close(image[:, :, :8], behind[:, :, :8])

@@ -282,3 +282,25 @@ def find_output_layer(model: nn.Module) -> str:
             f"could not find the module producing {type(model).__name__}'s output (the "
             "logits); pass output_layer= explicitly")
     return name
+
+
+def find_input_layer(model: nn.Module) -> str:
+    """The outermost module that takes the model's input (the image) as its input.
+
+    Attributing to this module's input (``attribute_to_layer_input=True``) gives a map in
+    pixel space: ``features`` for torchvision VGG, ``conv1`` for ResNet, a model's own
+    masking or cropping module when it has one in front of its first convolution.
+    """
+    traced = TracedModel(model)
+    image = next((n for n in traced.nodes if n.op == "placeholder"), None)
+    for name, _ in model.named_modules():
+        if not name or not traced._scope(name):
+            continue
+        try:
+            if traced.input_node(name) is image:
+                return name
+        except LayerError:
+            continue
+    raise LayerError(
+        f"no module of {type(model).__name__} takes the model's input; pass the first layer "
+        "explicitly and use attribute_to_layer_input=True")

@@ -377,14 +377,13 @@ def _is_plain_sum(call: Call, tensors: list[Tensor], relevance: Tensor) -> bool:
 
 
 class GateRule(Rule):
-    r"""A multiplicative gate y = g \odot x (squeeze-excitation ``x * scale``, layer scale):
-    the gate g is treated as a constant, so y is linear in x with weight g and the z-rule
-    gives R_x = g x R / (g x) = R; the gate receives none. The signal x is the tensor
-    operand with the output's shape; the other operand is the gate (broadcast, or a
-    parameter). Conserves relevance exactly.
+    r"""A multiplicative gate y = g \odot x (squeeze-excitation ``x * scale``, layer scale,
+    a fixed 0/1 mask): the gate g is treated as a constant, so y is linear in x with weight g
+    and the z-rule gives R_x = g x R / (g x) = R where g != 0, and R_x = 0 where g = 0 (the
+    output holds nothing of x there); the gate receives none. The signal x is the tensor
+    operand with the output's shape; the other operand is the gate (broadcast, a buffer or a
+    parameter). Conserves relevance where no gate element is 0.
     """
-
-    uses_input_values = False
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         positions = call.tensor_positions()
@@ -395,7 +394,10 @@ class GateRule(Rule):
                 "output's shape; register a rule for this operation (e.g. rules={'mul_1': "
                 "ZRule()}) or give the gate a broadcast shape")
         out: list[Tensor | None] = [None] * len(call.inputs)
+        gates = [call.inputs[p] for p in positions if p != full[0]]
         out[full[0]] = relevance
+        for gate in gates:
+            out[full[0]] = torch.where(gate != 0, out[full[0]], 0.0)
         return out
 
 

@@ -27,7 +27,7 @@ from .graph import (
     require_module,
 )
 from .presets import RuleMap, Site, resolve_rules
-from .rules import LINEAR_LAYERS, Call, PassRule, Rule, WithBatchNorm
+from .rules import LINEAR_LAYERS, Call, GateRule, PassRule, RoutingRule, Rule, WithBatchNorm
 
 
 class MissingRuleError(TypeError):
@@ -193,10 +193,27 @@ class FineGrainedUpsampler:
         return folded
 
     def _site(self, node: fx.Node) -> Site:
-        first = node.args[0] if node.args else None
         op = self.traced.module(node) if node.op == "call_module" else node.target
         return Site(op, str(node.target) if node.op == "call_module" else None, node.name,
-                    isinstance(first, fx.Node) and first.op == "placeholder")
+                    self._fed_by_image(node))
+
+    def _fed_by_image(self, node: fx.Node) -> bool:
+        """Whether ``node``'s signal operand is the model input, directly or through
+        operations that only move or mask pixels (slicing, reshapes, a constant 0/1 mask)."""
+        source = _signal(node)
+        while source is not None and source.op != "placeholder":
+            rule = self._rules.get(source) or self.rules.rule_for(self._site_of_op(source))
+            constant_gate = (isinstance(rule, GateRule)
+                             and all(a.op == "get_attr" for a in source.all_input_nodes
+                                     if a is not _signal(source)))
+            if not (isinstance(rule, RoutingRule) or constant_gate):
+                return False
+            source = _signal(source)
+        return source is not None
+
+    def _site_of_op(self, node: fx.Node) -> Site:
+        op = self.traced.module(node) if node.op == "call_module" else node.target
+        return Site(op, str(node.target) if node.op == "call_module" else None, node.name, False)
 
     def _uses_input_values(self, node: fx.Node) -> bool:
         rule = self._rules.get(node) or self.rules.rule_for(self._site(node))
@@ -216,3 +233,8 @@ class FineGrainedUpsampler:
                     f"rules={{{what}: ZPlusRule()}} for a linear layer")
             self._rules[node] = rule
         return self._rules[node]
+
+
+def _signal(node: fx.Node) -> fx.Node | None:
+    """The first operand of ``node`` that is computed (not a parameter or buffer)."""
+    return next((a for a in node.all_input_nodes if a.op != "get_attr"), None)
