@@ -238,7 +238,8 @@ def average_drop_increase(
     the others with ``blur(inputs)``; with ``positive_only`` (default) k = min(k, number of
     pixels with a positive map value), so a signed map with few positive pixels keeps only those.
     ``mode="multiply"`` (TorchCAM's ``ClassificationMetric``): the perturbed image is
-    map * inputs, with the upsampled map used as given (TorchCAM min-max normalises it first).
+    map * inputs, with the upsampled map used as given (TorchCAM min-max normalises it first);
+    ``keep``, ``blur`` and ``positive_only`` apply to ``mode="blur"`` only.
 
     Y = score on ``inputs``, O = score on the perturbed image; per image
     drop = 100 * max(0, Y - O) / Y, increase = 1[Y < O]. Returns a :class:`DropIncrease` whose
@@ -246,6 +247,8 @@ def average_drop_increase(
     relative drop.
     """
     _check(inputs, attributions)
+    if not 0 <= keep <= 1:
+        raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
     n, _, h, w = inputs.shape
     sal = _saliency(attributions, (h, w)).to(inputs.device)
     targets = _targets(target, n, inputs.device)

@@ -213,11 +213,11 @@ def _score(model, image, target, use_softmax):
     return (out.softmax(0) if use_softmax else out)[target].item()
 
 
-def _with_pixels(base, source, pixels, w):
-    image = base.clone()
-    for p in pixels:
-        image[:, p // w, p % w] = source[:, p // w, p % w]
-    return image
+def _with_pixels(base, source, pixels):
+    """``base`` with the flat pixels ``pixels`` taken from ``source``."""
+    chosen = torch.zeros(base.shape[1] * base.shape[2], dtype=torch.bool)
+    chosen[list(pixels)] = True
+    return torch.where(chosen.view(base.shape[1:]), source, base)
 
 
 def reference_insertion_deletion(model, x, attr, targets, q, blur, use_softmax):
@@ -229,9 +229,9 @@ def reference_insertion_deletion(model, x, attr, targets, q, blur, use_softmax):
         order = sorted(range(h * w), key=lambda p, s=sal: -s[p])
         blurred = blur(x[i : i + 1])[0]
         counts = list(range(0, h * w, q)) + [h * w]
-        ins = [_score(model, _with_pixels(blurred, x[i], order[:t], w), targets[i], use_softmax)
+        ins = [_score(model, _with_pixels(blurred, x[i], order[:t]), targets[i], use_softmax)
                for t in counts]
-        dele = [_score(model, _with_pixels(x[i], blurred, order[:t], w), targets[i],
+        dele = [_score(model, _with_pixels(x[i], blurred, order[:t]), targets[i],
                        use_softmax) for t in counts]
         fr = [t / (h * w) for t in counts]
         trap = [sum((c[k] + c[k + 1]) / 2 * (fr[k + 1] - fr[k]) for k in range(len(fr) - 1))
@@ -248,7 +248,7 @@ def reference_drop_increase(model, x, attr, targets, keep, blur, use_softmax):
         sal = _reference_map(attr[i], (h, w))
         order = sorted(range(h * w), key=lambda p, s=sal: -s[p])
         k = min(round(keep * h * w), sum(v > 0 for v in sal))
-        perturbed = _with_pixels(blur(x[i : i + 1])[0], x[i], order[:k], w)
+        perturbed = _with_pixels(blur(x[i : i + 1])[0], x[i], order[:k])
         y = _score(model, x[i], targets[i], use_softmax)
         o = _score(model, perturbed, targets[i], use_softmax)
         drops.append(100 * max(0.0, y - o) / y)
@@ -319,6 +319,8 @@ def test_clear_errors(cnn, batch):
         insertion_deletion(cnn, x, attr, [0, 1])
     with pytest.raises(ValueError, match="attributions must have shape"):
         average_drop_increase(cnn, x, attr[:, 0, 0], targets)
+    with pytest.raises(ValueError, match="keep"):
+        average_drop_increase(cnn, x, attr, targets, keep=50)
     with pytest.raises(ValueError, match="mode"):
         average_drop_increase(cnn, x, attr, targets, mode="zero")
     with pytest.raises(ValueError, match="odd"):
@@ -350,6 +352,31 @@ def sharp() -> nn.Module:
     with torch.no_grad():
         model.head.weight.mul_(30)
     return model
+
+
+def test_deletion_curve_equals_quantus_pixel_flipping(sharp, batch):
+    """Quantus' PixelFlipping is a deletion curve without its starting point. Its "black"
+    baseline is the image's minimum; its features are channel values, so a map broadcast over
+    the 3 channels and 3 * q features per step flip q pixels per step (continuous map: no ties,
+    as its argsort is not stable)."""
+    quantus = pytest.importorskip("quantus")
+    x = batch[0]
+    targets = sharp(x).argmax(dim=1)
+    attr = torch.randn(3, 1, 12, 12, generator=torch.Generator().manual_seed(5))
+
+    def black(v: torch.Tensor) -> torch.Tensor:
+        return v.amin(dim=(1, 2, 3), keepdim=True).expand_as(v)
+
+    for use_softmax in (False, True):
+        metric = quantus.PixelFlipping(features_in_step=3 * 8, perturb_baseline="black",
+                                       normalise=False, disable_warnings=True)
+        want = metric(model=sharp, x_batch=x.numpy(), y_batch=targets.numpy(),
+                      a_batch=attr.expand(3, 3, 12, 12).numpy().copy(), softmax=use_softmax,
+                      device="cpu")
+        got = insertion_deletion(sharp, x, attr, targets, pixels_per_step=8, blur=black,
+                                 use_softmax=use_softmax)
+        np.testing.assert_allclose(got.deletion_curve[:, 1:].numpy(), np.asarray(want),
+                                   rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
