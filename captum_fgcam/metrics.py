@@ -163,12 +163,14 @@ def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
     return t
 
 
-def _check(inputs: Tensor, attributions: Tensor) -> None:
+def _check(inputs: Tensor, attributions: Tensor) -> Tensor:
+    """``inputs``, detached, after checking the shapes."""
     if inputs.dim() != 4:
         raise ValueError(f"inputs must have shape (N, C, H, W), got {tuple(inputs.shape)}")
     if attributions.shape[0] != inputs.shape[0]:
         raise ValueError(f"attributions have {attributions.shape[0]} images, inputs "
                          f"{inputs.shape[0]}")
+    return inputs.detach()
 
 
 @torch.no_grad()
@@ -202,7 +204,7 @@ def _composite(inputs: Tensor, blurred: Tensor, ranks: Tensor, samples: Tensor, 
                keep_top: Tensor) -> Callable[[Tensor], Tensor]:
     """Images of jobs: image ``samples[j]`` with the original pixels where
     (rank < counts[j]) == keep_top[j], the blurred pixels elsewhere."""
-    n, c, h, w = inputs.shape
+    h, w = inputs.shape[2:]
 
     def make(jobs: Tensor) -> Tensor:
         idx = samples[jobs]
@@ -246,7 +248,7 @@ def average_drop_increase(
     tensors have shape (N,). Scores should be positive (softmax, the default) for drop to mean a
     relative drop.
     """
-    _check(inputs, attributions)
+    inputs = _check(inputs, attributions)
     if not 0 <= keep <= 1:
         raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
     n, _, h, w = inputs.shape
@@ -298,7 +300,7 @@ def insertion_deletion(
     image) and vice versa (the blurred image), so each image costs 2S forward passes, in batches
     of ``batch_size`` images drawn from all steps and all images.
     """
-    _check(inputs, attributions)
+    inputs = _check(inputs, attributions)
     n, _, h, w = inputs.shape
     total = h * w
     if steps is not None:
