@@ -1,0 +1,403 @@
+"""Evaluation metrics for attribution maps (the protocols of FG-CAM's paper), Captum-style.
+
+Every function returns per-image values (tensors of length N on the inputs' device), so results of
+several batches, shards or processes can be summed and then divided by the total number of images.
+
+Conventions shared by all functions:
+
+* ``attributions`` may have shape (N, 1, h, w), (N, h, w) or (N, C, h, w) (channels are summed);
+  the map is upsampled bilinearly (``align_corners=False``) to the input's (or region's) size.
+* Pixels are ranked by the upsampled map, most important first, with a stable sort: equal values
+  keep row-major order (the lower flat index ranks first), so results are deterministic.
+* "Removing" a pixel replaces it, in all channels, with the same pixel of ``blur(inputs)``
+  (default a Gaussian blur, kernel 51, sigma 50; ``RISE_BLUR`` is RISE's 11 / 5). Any callable
+  ``Tensor -> Tensor`` of the same shape can serve as ``blur`` (e.g. ``torch.zeros_like``).
+* The score of an image is the softmax probability of ``target`` (``use_softmax=False``: the raw
+  output, e.g. the logit). Perturbed images of all steps and all images go through
+  ``forward_func`` in batches of ``batch_size``, under ``torch.no_grad()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._batching import take_all
+
+TargetLike = int | Sequence[int] | Tensor
+
+__all__ = [
+    "Blur", "DEFAULT_BLUR", "RISE_BLUR", "DropIncrease", "InsertionDeletion",
+    "average_drop_increase", "insertion_deletion", "energy_proportion", "pointing_game",
+    "unseen_mass",
+]
+
+
+@dataclass(frozen=True)
+class Blur:
+    """Gaussian blur of an (N, C, H, W) batch, channel by channel.
+
+    Kernel k[i] = exp(-(i - r)^2 / (2 sigma^2)) / sum_j exp(-(j - r)^2 / (2 sigma^2)),
+    i = 0..kernel_size-1, r = kernel_size // 2, applied separably along H and W. Borders are
+    padded by replication (any image size works; no darkening at the border).
+    """
+
+    kernel_size: int = 51
+    sigma: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be a positive odd number, got {self.kernel_size}")
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {self.sigma}")
+
+    def __call__(self, inputs: Tensor) -> Tensor:
+        n, c, h, w = inputs.shape
+        r = self.kernel_size // 2
+        offsets = torch.arange(-r, r + 1, device=inputs.device, dtype=inputs.dtype)
+        kernel = torch.exp(-(offsets**2) / (2 * self.sigma**2))
+        kernel = kernel / kernel.sum()
+        x = inputs.reshape(n * c, 1, h, w)
+        x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
+        x = F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), kernel.view(1, 1, -1, 1))
+        return x.reshape(n, c, h, w)
+
+
+DEFAULT_BLUR = Blur(51, 50.0)
+RISE_BLUR = Blur(11, 5.0)
+
+
+@dataclass(frozen=True)
+class DropIncrease:
+    """Per-image Average Drop / Average Increase terms (all tensors of shape (N,)).
+
+    ``original`` = Y (score on the image), ``perturbed`` = O (score on the perturbed image),
+    ``drop`` = 100 * max(0, Y - O) / Y (percent), ``increase`` = 1[Y < O] (0. or 1.).
+    """
+
+    original: Tensor
+    perturbed: Tensor
+    drop: Tensor
+    increase: Tensor
+
+    @property
+    def average_drop(self) -> float:
+        """A.D. = 100/N * sum max(0, Y - O) / Y."""
+        return self.drop.mean().item()
+
+    @property
+    def average_increase(self) -> float:
+        """A.I. = 100/N * sum 1[Y < O] (percent)."""
+        return 100.0 * self.increase.mean().item()
+
+
+@dataclass(frozen=True)
+class InsertionDeletion:
+    """Insertion and deletion curves and their areas.
+
+    ``fractions`` (S+1,): fraction of pixels changed after each step, 0 to 1.
+    ``insertion_curve``, ``deletion_curve`` (N, S+1): score after each step, the start included.
+    ``insertion``, ``deletion`` (N,): trapezoid AUC of the curves over ``fractions``.
+    """
+
+    fractions: Tensor
+    insertion_curve: Tensor
+    deletion_curve: Tensor
+    insertion: Tensor
+    deletion: Tensor
+
+    @property
+    def overall(self) -> Tensor:
+        """Per-image Overall = AUC(insertion) - AUC(deletion), shape (N,)."""
+        return self.insertion - self.deletion
+
+    @property
+    def average_insertion(self) -> float:
+        return self.insertion.mean().item()
+
+    @property
+    def average_deletion(self) -> float:
+        return self.deletion.mean().item()
+
+    @property
+    def average_overall(self) -> float:
+        return self.overall.mean().item()
+
+
+def _saliency(attributions: Tensor, size: tuple[int, int]) -> Tensor:
+    """The (N, H, W) map: channels summed, upsampled bilinearly to ``size`` = (H, W)."""
+    if attributions.dim() == 4:
+        attributions = attributions.sum(dim=1)
+    elif attributions.dim() != 3:
+        raise ValueError(
+            "attributions must have shape (N, 1, h, w), (N, h, w) or (N, C, h, w), got "
+            f"{tuple(attributions.shape)}")
+    sal = attributions.detach().float()
+    if tuple(sal.shape[1:]) != tuple(size):
+        sal = F.interpolate(sal.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+        sal = sal.squeeze(1)
+    return sal
+
+
+def _pixel_ranks(sal: Tensor) -> Tensor:
+    """rank[n, p] of flat pixel p in image n (0 = most important); stable descending sort."""
+    order = torch.sort(sal.flatten(1), dim=1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return ranks
+
+
+def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
+    t = torch.as_tensor(target, dtype=torch.long, device=device)
+    if t.dim() == 0:
+        return t.expand(n)
+    if t.shape != (n,):
+        raise ValueError(f"target must be an int or have one entry per image ({n}), got "
+                         f"shape {tuple(t.shape)}")
+    return t
+
+
+def _check(inputs: Tensor, attributions: Tensor) -> Tensor:
+    """``inputs``, detached, after checking the shapes."""
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs must have shape (N, C, H, W), got {tuple(inputs.shape)}")
+    if attributions.shape[0] != inputs.shape[0]:
+        raise ValueError(f"attributions have {attributions.shape[0]} images, inputs "
+                         f"{inputs.shape[0]}")
+    return inputs.detach()
+
+
+@torch.no_grad()
+def _scores(
+    forward_func: Callable[..., Tensor],
+    make: Callable[[Tensor], Tensor],
+    samples: Tensor,
+    targets: Tensor,
+    additional_forward_args: Any,
+    use_softmax: bool,
+    batch_size: int,
+) -> Tensor:
+    """Score of each job j: ``make(jobs)`` builds the images of a chunk of job indices; job j
+    belongs to image ``samples[j]`` and is scored on ``targets[samples[j]]``."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    n = targets.shape[0]
+    out = []
+    for start in range(0, samples.shape[0], batch_size):
+        jobs = torch.arange(start, min(start + batch_size, samples.shape[0]),
+                            device=samples.device)
+        idx = samples[jobs]
+        output = forward_func(make(jobs), *take_all(additional_forward_args, idx, n))
+        if use_softmax:
+            output = torch.softmax(output, dim=1)
+        out.append(output.gather(1, targets[idx].unsqueeze(1)).squeeze(1))
+    return torch.cat(out)
+
+
+def _composite(inputs: Tensor, blurred: Tensor, ranks: Tensor, samples: Tensor, counts: Tensor,
+               keep_top: Tensor) -> Callable[[Tensor], Tensor]:
+    """Images of jobs: image ``samples[j]`` with the original pixels where
+    (rank < counts[j]) == keep_top[j], the blurred pixels elsewhere."""
+    h, w = inputs.shape[2:]
+
+    def make(jobs: Tensor) -> Tensor:
+        idx = samples[jobs]
+        original = (ranks[idx] < counts[jobs, None]) == keep_top[jobs, None]
+        original = original.view(-1, 1, h, w)
+        return torch.where(original, inputs[idx], blurred[idx])
+
+    return make
+
+
+def _as_additional(args: Any) -> tuple[Any, ...] | None:
+    if args is None:
+        return None
+    return args if isinstance(args, tuple) else (args,)
+
+
+def average_drop_increase(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetLike,
+    keep: float = 0.5,
+    blur: Callable[[Tensor], Tensor] = DEFAULT_BLUR,
+    use_softmax: bool = True,
+    batch_size: int = 64,
+    additional_forward_args: Any = None,
+    positive_only: bool = True,
+    mode: Literal["blur", "multiply"] = "blur",
+) -> DropIncrease:
+    """Average Drop / Average Increase (Grad-CAM++; FG-CAM's protocol).
+
+    ``mode="blur"`` (the protocol): keep the k = round(keep * H * W) top-ranked pixels and replace
+    the others with ``blur(inputs)``; with ``positive_only`` (default) k = min(k, number of
+    pixels with a positive map value), so a signed map with few positive pixels keeps only those.
+    ``mode="multiply"`` (TorchCAM's ``ClassificationMetric``): the perturbed image is
+    map * inputs, with the upsampled map used as given (TorchCAM min-max normalises it first);
+    ``keep``, ``blur`` and ``positive_only`` apply to ``mode="blur"`` only.
+
+    Y = score on ``inputs``, O = score on the perturbed image; per image
+    drop = 100 * max(0, Y - O) / Y, increase = 1[Y < O]. Returns a :class:`DropIncrease` whose
+    tensors have shape (N,). Scores should be positive (softmax, the default) for drop to mean a
+    relative drop.
+    """
+    inputs = _check(inputs, attributions)
+    if not 0 <= keep <= 1:
+        raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
+    n, _, h, w = inputs.shape
+    sal = _saliency(attributions, (h, w)).to(inputs.device)
+    targets = _targets(target, n, inputs.device)
+    args = _as_additional(additional_forward_args)
+    images = torch.arange(n, device=inputs.device)
+    samples = torch.cat([images, images])
+    if mode == "blur":
+        k = torch.full((n,), round(keep * h * w), device=inputs.device)
+        if positive_only:
+            k = torch.minimum(k, (sal.flatten(1) > 0).sum(dim=1))
+        counts = torch.cat([torch.full((n,), h * w, device=inputs.device), k])
+        make = _composite(inputs, blur(inputs), _pixel_ranks(sal), samples, counts,
+                          torch.ones_like(samples, dtype=torch.bool))
+    elif mode == "multiply":
+        scaled = torch.cat([inputs, sal.unsqueeze(1).to(inputs.dtype) * inputs])
+
+        def make(jobs: Tensor) -> Tensor:
+            return scaled[jobs]
+    else:
+        raise ValueError(f"mode must be 'blur' or 'multiply', got {mode!r}")
+    scores = _scores(forward_func, make, samples, targets, args, use_softmax, batch_size)
+    y, o = scores[:n], scores[n:]
+    return DropIncrease(original=y, perturbed=o, drop=100.0 * torch.relu(y - o) / y,
+                        increase=(y < o).to(scores.dtype))
+
+
+def insertion_deletion(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    attributions: Tensor,
+    target: TargetLike,
+    pixels_per_step: int | None = 448,
+    steps: int | None = None,
+    blur: Callable[[Tensor], Tensor] = DEFAULT_BLUR,
+    use_softmax: bool = True,
+    batch_size: int = 64,
+    additional_forward_args: Any = None,
+) -> InsertionDeletion:
+    """Insertion / deletion curves and AUCs (RISE; FG-CAM's protocol).
+
+    P = H * W pixels, q = ``pixels_per_step`` (or ceil(P / ``steps``) when ``steps`` is given);
+    after step s, t_s = min(s * q, P) pixels have changed, s = 0..S, S = ceil(P / q).
+    Deletion: the image with its t_s top-ranked pixels replaced by ``blur(inputs)``; insertion:
+    the blurred image with its t_s top-ranked pixels put back. Curves (N, S+1) record the score
+    after every step, the start included; AUC = trapezoid rule over fractions t_s / P in [0, 1];
+    Overall = AUC(insertion) - AUC(deletion). Deletion's first point is insertion's last (the
+    image) and vice versa (the blurred image), so each image costs 2S forward passes, in batches
+    of ``batch_size`` images drawn from all steps and all images.
+    """
+    inputs = _check(inputs, attributions)
+    n, _, h, w = inputs.shape
+    total = h * w
+    if steps is not None:
+        if steps < 1:
+            raise ValueError(f"steps must be positive, got {steps}")
+        pixels_per_step = math.ceil(total / steps)
+    if pixels_per_step is None or pixels_per_step < 1:
+        raise ValueError(f"pixels_per_step must be positive, got {pixels_per_step}")
+    device = inputs.device
+    counts = torch.arange(0, total + pixels_per_step, pixels_per_step, device=device).clamp(
+        max=total).unique_consecutive()
+    s = counts.shape[0] - 1
+    # jobs per image: insertion at t_0..t_S (t_0 is the blurred image, t_S the image),
+    # then deletion at t_1..t_{S-1}
+    job_counts = torch.cat([counts, counts[1:-1]])
+    job_insert = torch.arange(job_counts.shape[0], device=device) <= s
+    samples = torch.arange(n, device=device).repeat_interleave(job_counts.shape[0])
+    ranks = _pixel_ranks(_saliency(attributions, (h, w)).to(device))
+    make = _composite(inputs, blur(inputs), ranks, samples, job_counts.repeat(n),
+                      job_insert.repeat(n))
+    scores = _scores(forward_func, make, samples, _targets(target, n, device),
+                     _as_additional(additional_forward_args), use_softmax, batch_size)
+    scores = scores.view(n, -1)
+    insertion = scores[:, : s + 1]
+    deletion = torch.cat([insertion[:, -1:], scores[:, s + 1:], insertion[:, :1]], dim=1)
+    fractions = counts.to(scores.dtype) / total
+    return InsertionDeletion(
+        fractions=fractions, insertion_curve=insertion, deletion_curve=deletion,
+        insertion=torch.trapezoid(insertion, fractions, dim=1),
+        deletion=torch.trapezoid(deletion, fractions, dim=1))
+
+
+def _region_mask(region: Tensor, n: int, size: tuple[int, int]) -> Tensor:
+    """(N, H, W) bool mask from a bool mask (N, H, W) / (H, W), or from boxes (N, 4) given as
+    (x0, y0, x1, y1) pixel coordinates with exclusive ends, in an image of ``size`` = (H, W)."""
+    h, w = size
+    if region.dtype == torch.bool:
+        if region.shape[-2:] != (h, w):
+            raise ValueError(f"mask has size {tuple(region.shape[-2:])}, expected {(h, w)}")
+        return region.expand(n, h, w)
+    if region.shape != (n, 4):
+        raise ValueError(f"region must be a bool mask (N, H, W) or boxes (N, 4), got "
+                         f"{region.dtype} of shape {tuple(region.shape)}")
+    x0, y0, x1, y1 = region.round().long().unbind(dim=1)
+    ys = torch.arange(h, device=region.device).view(1, h, 1)
+    xs = torch.arange(w, device=region.device).view(1, 1, w)
+    return ((ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1))
+            & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1)))
+
+
+def _map_and_mask(attributions: Tensor, region: Tensor, image_size: tuple[int, int] | None
+                  ) -> tuple[Tensor, Tensor]:
+    if region.dtype == torch.bool:
+        size = tuple(region.shape[-2:])
+    else:
+        size = image_size or tuple(attributions.shape[-2:])
+    sal = _saliency(attributions, size)
+    return sal, _region_mask(region.to(sal.device), sal.shape[0], size)
+
+
+def energy_proportion(attributions: Tensor, region: Tensor,
+                      image_size: tuple[int, int] | None = None) -> Tensor:
+    """Energy-based pointing game ("Proportion"), shape (N,):
+    sum_{p in region} max(0, m_p) / sum_p max(0, m_p), 0 where the map has no positive mass.
+
+    ``region``: a bool mask (N, H, W) or (H, W) (the map is upsampled to its size) or boxes
+    (N, 4) (x0, y0, x1, y1, exclusive ends) in pixels of an image of ``image_size`` = (H, W)
+    (default: the map's own size).
+    """
+    sal, mask = _map_and_mask(attributions, region, image_size)
+    positive = sal.clamp(min=0)
+    inside = (positive * mask).sum(dim=(1, 2))
+    total = positive.sum(dim=(1, 2))
+    return torch.where(total > 0, inside / total, torch.zeros_like(total))
+
+
+def pointing_game(attributions: Tensor, region: Tensor, tolerance: float = 0,
+                  image_size: tuple[int, int] | None = None) -> Tensor:
+    """Pointing game (Zhang et al.), shape (N,) of 0./1.: 1 where the map's maximum lies within
+    Euclidean distance ``tolerance`` (pixels) of the region. Ties for the maximum: the first
+    pixel in row-major order. ``region`` and ``image_size`` as in :func:`energy_proportion`.
+    """
+    sal, mask = _map_and_mask(attributions, region, image_size)
+    n, h, w = sal.shape
+    best = sal.flatten(1).argmax(dim=1)
+    py, px = (best // w).view(n, 1, 1), (best % w).view(n, 1, 1)
+    ys = torch.arange(h, device=sal.device).view(1, h, 1)
+    xs = torch.arange(w, device=sal.device).view(1, 1, w)
+    near = (ys - py) ** 2 + (xs - px) ** 2 <= tolerance**2
+    return (near & mask).flatten(1).any(dim=1).to(sal.dtype)
+
+
+def unseen_mass(attributions: Tensor, unseen: Tensor,
+                image_size: tuple[int, int] | None = None) -> Tensor:
+    """Share of positive attribution mass inside a region the model cannot see (Taimeskhanov et
+    al., "CAM-based methods can see through walls"), shape (N,):
+    sum_{p in unseen} max(0, m_p) / sum_p max(0, m_p); a method following the model's real
+    connections gives ~0. ``unseen`` as ``region`` in :func:`energy_proportion`.
+    """
+    return energy_proportion(attributions, unseen, image_size)
