@@ -282,3 +282,14 @@ def find_output_layer(model: nn.Module) -> str:
             f"could not find the module producing {type(model).__name__}'s output (the "
             "logits); pass output_layer= explicitly")
     return name
+
+
+def find_input_layer(model: nn.Module) -> str:
+    """The first module fed by the model's input (the image), e.g. ``conv1`` or
+    ``features.0``: its input, with ``attribute_to_layer_input=True``, is the pixels."""
+    traced = TracedModel(model)
+    for node in traced.nodes:
+        if node.op == "call_module" and any(a.op == "placeholder" for a in node.all_input_nodes):
+            return str(node.target)
+    raise LayerError(f"no module of {type(model).__name__} takes the model's input directly; "
+                     "name the first layer explicitly")
