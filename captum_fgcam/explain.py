@@ -24,8 +24,8 @@ import torchvision
 import torchvision.transforms.functional as TF
 from captum.attr import LayerGradCam
 from matplotlib.backend_bases import FigureCanvasBase
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
-from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import InterpolationMode
 
 from .attr import LRP, FGGradCam, FGScoreCam, LayerCam, ScoreCam
@@ -238,10 +238,11 @@ def load_images(paths: Sequence[Path], preprocessing: Preprocessing
     shown, batch = [], []
     for path in paths:
         try:
-            raw = decode_image(str(path), mode=ImageReadMode.RGB)
-        except RuntimeError as err:
-            raise ExplainError(f"cannot read image {path}: {_one_line(err, 120)}; pass a PNG, "
-                               "JPEG, GIF or WebP file") from err
+            with Image.open(path) as opened:
+                raw = TF.pil_to_tensor(opened.convert("RGB"))
+        except UnidentifiedImageError as err:
+            raise ExplainError(f"cannot read image {path}: not an image file Pillow knows; "
+                               "pass a PNG, JPEG, WebP, ... file") from err
         image, x = preprocessing(raw)
         shown.append(image)
         batch.append(x)

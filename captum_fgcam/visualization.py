@@ -68,11 +68,15 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     """
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
-    lowest = {col: max(i for i, row in enumerate(rows) if col in maps[row]) for col in cols}
+    size = image.shape[:2]
+    cells = {(i, col): to_image_map(maps[row][col], size, mode)
+             for i, row in enumerate(rows) for col in cols if col in maps[row]}
+    # a positive view of a map without positive values is drawn blank, without colour bar
+    drawn = {key for key, attr in cells.items() if sign != "positive" or np.any(attr > 0)}
+    lowest = {col: max((i for i, c in drawn if c == col), default=-1) for col in cols}
     fig, axes = plt.subplots(len(rows), len(cols) + 1,
                              figsize=(cell * (len(cols) + 1), cell * len(rows) + 0.8),
                              squeeze=False)
-    size = image.shape[:2]
     width = max(12, int(cell * 10))  # characters per title line at font size 9
     for i, row in enumerate(rows):
         axes[i, 0].imshow(image)
@@ -81,21 +85,19 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
                              fontweight="bold")
         for j, col in enumerate(cols):
             ax = axes[i, j + 1]
-            if col not in maps[row]:
+            if (i, col) not in cells:
                 ax.set_axis_off()
-                continue
-            attr = to_image_map(maps[row][col], size, mode)
-            if sign == "positive" and not np.any(attr > 0):
+            elif (i, col) not in drawn:
                 ax.imshow(image if method == "blended_heat_map" else np.ones(size), cmap="gray",
                           vmin=0, vmax=1)
                 ax.text(0.5, 0.5, "no positive values", transform=ax.transAxes, fontsize=8,
                         ha="center", va="center", backgroundcolor="white")
                 ax.set_axis_off()
-                continue
-            with _quiet_normalisation():
-                viz.visualize_image_attr(attr, image, method=method, sign=sign,
-                                         plt_fig_axis=(fig, ax), use_pyplot=False,
-                                         show_colorbar=i == lowest[col])
+            else:
+                with _quiet_normalisation():
+                    viz.visualize_image_attr(cells[i, col], image, method=method, sign=sign,
+                                             plt_fig_axis=(fig, ax), use_pyplot=False,
+                                             show_colorbar=i == lowest[col])
     for j, col in enumerate(cols):
         axes[0, j + 1].set_title(textwrap.fill(col, width), fontsize=9)
     if title:
