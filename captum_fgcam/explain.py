@@ -205,17 +205,16 @@ def _zoo_model(name: str) -> LoadedModel | None:
 def load_model(name: str, weights: str | None = None, arch: str | None = None) -> LoadedModel:
     """The model named on the command line, in eval mode, with its preprocessing."""
     path = Path(name)
-    is_file = path.is_file()
-    if weights is not None and (is_file or name not in _classification_models()):
-        raise ExplainError("--weights applies to torchvision model names; a checkpoint or zoo "
-                           "model brings its own weights")
-    if arch is not None and not is_file:
-        raise ExplainError("--arch applies to a checkpoint file (the architecture of its "
-                           "state_dict)")
-    if is_file:
+    if path.is_file():
+        if weights is not None:
+            raise ExplainError("--weights applies to torchvision model names; a checkpoint "
+                               "brings its own weights (name its architecture with --arch)")
         loaded = _checkpoint_model(path, arch)
     elif path.suffix in (".pt", ".pth", ".ckpt", ".bin") or len(path.parts) > 1:
         raise ExplainError(f"checkpoint file {name} not found")
+    elif arch is not None:
+        raise ExplainError("--arch applies to a checkpoint file (the architecture of its "
+                           "state_dict); a model name says it already")
     elif name in _classification_models():
         loaded = _torchvision_model(name, weights)
     else:
@@ -225,6 +224,9 @@ def load_model(name: str, weights: str | None = None, arch: str | None = None) -
                 f"unknown model {name!r}: not a file and not a torchvision classification "
                 f"model{_suggest(name, _classification_models())} (all names: "
                 "torchvision.models.list_models(module=torchvision.models))")
+        if weights is not None:
+            raise ExplainError(f"--weights applies to torchvision model names; {name} brings "
+                               "its own weights")
         loaded = found
     loaded.model.eval()
     return loaded
@@ -375,7 +377,8 @@ def explain(args: argparse.Namespace) -> list[Path]:
     layers = resolve_layers(model, args.layers, cam_layer)
     methods = list(dict.fromkeys(args.methods or ["fg-grad-cam"]))
     maps = compute_maps(model, x, targets, methods, layers, args.denoise)
-    columns = {layer: _column(layer, maps, cam_layer) for layer in layers}
+    columns = {layer: _column(layer, maps, cam_layer) for layer in layers
+               if any(layer in row for row in maps.values())}
     probabilities = logits.softmax(dim=1)
     outputs = _outputs(args.out, args.images)
     for i, (image, out) in enumerate(zip(shown, outputs, strict=True)):

@@ -161,6 +161,9 @@ def test_zoo_names(image, tmp_path, monkeypatch, capsys):
                    "--method", "fg-score-cam", "--method", "score-cam",
                    "--method", "layer-cam") == 0
     assert png_shape(out)[:2] == (int((3 * 2.0 + 0.8) * DPI), 3 * 2 * DPI)
+    assert explain(image, "--model", "tiny", "--size", "32", "--out", out,
+                   "--method", "grad-cam") == 0
+    assert png_shape(out)[:2] == (int(2.8 * DPI), 2 * 2 * DPI)  # no Grad-CAM at the input
     assert explain(image, "--model", "tinyy") == 2
     assert "unknown model 'tinyy'" in error_line(capsys)
 
@@ -180,6 +183,7 @@ def test_zoo_names(image, tmp_path, monkeypatch, capsys):
      ["unknown weights 'IMAGENET9K'", "DEFAULT", "IMAGENET1K_V1"]),
     (["{image}", "--model", "resnet18", "--out", "fig.npy"], ["--out fig.npy", "explain.png"]),
     (["{image}", "--model", "resnet18", "--maps", "maps.txt"], [".pt or .npy"]),
+    (["{image}", "--model", "resnet18", "--arch", "resnet18"], ["--arch applies to a checkpoint"]),
 ])
 def test_errors_name_problem_and_fix(image, args, expected, capsys):
     assert explain(*[a.format(image=image) for a in args]) == 2
