@@ -40,6 +40,7 @@ PLAIN_CAMS = {"grad-cam": LayerGradCam, "score-cam": ScoreCam, "layer-cam": Laye
 INPUT = "input"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MAP_SUFFIXES = (".pt", ".npy")
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class ExplainError(Exception):
@@ -277,10 +278,12 @@ def resolve_target(spec: str | None, logits: Tensor,
 def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str) -> list[str]:
     """The layers to explain, checked; default: the CAM layer and the input."""
     names = list(names or [cam_layer, INPUT])
-    modules = [n for n, _ in model.named_modules() if n]
+    modules = dict(model.named_modules())
     for name in names:
-        if name != INPUT and name not in modules:
-            shallow = [n for n in modules if n.count(".") <= 1]
+        if name != INPUT and (not name or name not in modules):
+            # examples: convolutions and blocks holding some, near the top of the tree
+            shallow = [n for n, m in modules.items() if n and n.count(".") <= 1
+                       and any(isinstance(c, CONVOLUTIONS) for c in m.modules())]
             picks = [shallow[i] for i in np.linspace(0, len(shallow) - 1, 8).astype(int)]
             examples = ", ".join(dict.fromkeys([cam_layer, *picks, INPUT]))
             raise ExplainError(f"unknown layer {name!r}; valid names include {examples} "
