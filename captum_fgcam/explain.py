@@ -73,6 +73,8 @@ class Preprocessing:
 
 @dataclass
 class LoadedModel:
+    """A model ready to explain, with what the figure and the preprocessing need."""
+
     model: nn.Module
     label: str  # for titles: the name, and "RANDOM WEIGHTS" where that holds
     preprocessing: Preprocessing
@@ -361,7 +363,7 @@ def _outputs(out: Path, images: Sequence[Path]) -> list[Path]:
 
 # -- the command -----------------------------------------------------------------------------
 
-def explain(args: argparse.Namespace) -> list[Path]:
+def explain(args: argparse.Namespace) -> None:
     """Everything ``run`` does, raising :class:`ExplainError` for user errors."""
     for path in args.images:
         if not path.is_file():
@@ -400,7 +402,6 @@ def explain(args: argparse.Namespace) -> list[Path]:
     if args.maps is not None:
         save_maps(args.maps, maps, layers, args.images, targets, x.shape[-2:], args.upsample)
         print(f"maps -> {args.maps}")
-    return outputs
 
 
 def run(args: argparse.Namespace) -> int:
