@@ -1,0 +1,414 @@
+"""``captum-fgcam explain``: FG-CAM and baseline maps for your own images and model.
+
+The model is a torchvision classification model name (``--weights DEFAULT`` for pretrained
+weights, random weights otherwise), a checkpoint file (loaded with ``weights_only=True``; a
+state_dict needs ``--arch``), or a name from :mod:`captum_fgcam.zoo` when that module exists.
+User errors end with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms.functional as TF
+from captum.attr import LayerGradCam
+from matplotlib.backend_bases import FigureCanvasBase
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+from torchvision.transforms import InterpolationMode
+
+from .attr import LRP, FGGradCam, FGScoreCam, LayerCam, ScoreCam
+from .propagation import LayerError, MissingRuleError, find_cam_layer
+from .propagation.graph import find_input_layer
+from .visualization import UPSAMPLING, plot_grid, to_image_map
+
+#: command-line method name -> row label in the figure
+METHODS = {"fg-grad-cam": "FG-Grad-CAM", "fg-score-cam": "FG-Score-CAM", "grad-cam": "Grad-CAM",
+           "score-cam": "Score-CAM", "layer-cam": "Layer-CAM", "lrp": "LRP"}
+PLAIN_CAMS = {"grad-cam": LayerGradCam, "score-cam": ScoreCam, "layer-cam": LayerCam}
+INPUT = "input"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MAP_SUFFIXES = (".pt", ".npy")
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class ExplainError(Exception):
+    """A user error: reported as one line on stderr, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side, crop the centre, scale to [0, 1], normalise."""
+
+    resize: int = 224
+    crop: int = 224
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR
+
+    def __call__(self, image: Tensor) -> tuple[np.ndarray, Tensor]:
+        """uint8 3 x H x W -> (the cropped image, H x W x 3 in [0, 1]; the model input)."""
+        image = TF.resize(image, [self.resize], self.interpolation, antialias=True)
+        image = TF.center_crop(image, [self.crop]).float() / 255
+        shown = image.permute(1, 2, 0).numpy()
+        return shown, TF.normalize(image, list(self.mean), list(self.std))
+
+    def sized(self, size: int | None) -> Preprocessing:
+        """The same normalisation at ``size`` pixels (resize and crop), if given."""
+        if size is None:
+            return self
+        return Preprocessing(size, size, self.mean, self.std, self.interpolation)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to explain, with what the figure and the preprocessing need."""
+
+    model: nn.Module
+    label: str  # for titles: the name, and "RANDOM WEIGHTS" where that holds
+    preprocessing: Preprocessing
+    categories: Sequence[str] | None = None
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``explain`` subcommand's arguments."""
+    parser.add_argument("images", nargs="+", metavar="IMAGE", type=Path,
+                        help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--model", required=True, metavar="NAME_OR_CHECKPOINT",
+                        help="a torchvision classification model name (e.g. resnet18), a "
+                             "checkpoint file, or a captum_fgcam.zoo name")
+    parser.add_argument("--weights", metavar="NAME",
+                        help="torchvision weights: DEFAULT or a weights name such as "
+                             "IMAGENET1K_V1 (without it: random weights)")
+    parser.add_argument("--arch", metavar="NAME",
+                        help="torchvision architecture of a state_dict checkpoint")
+    parser.add_argument("--target", metavar="CLASS",
+                        help="class index or name (default: the predicted class)")
+    parser.add_argument("--layer", action="append", metavar="NAME", dest="layers",
+                        help=f"dotted module name, or '{INPUT}' for the pixels; repeat for "
+                             "several (default: the CAM layer and the input)")
+    parser.add_argument("--method", action="append", choices=list(METHODS), dest="methods",
+                        help="repeat for several (default: fg-grad-cam)")
+    parser.add_argument("--denoise", action="store_true",
+                        help="also show the FG methods with SVD denoising")
+    parser.add_argument("--sign", choices=("positive", "all"), default="positive",
+                        help="positive relevance, or signed (default: positive)")
+    parser.add_argument("--upsample", choices=UPSAMPLING, default="nearest",
+                        help="how layer maps are enlarged to the image (default: nearest)")
+    parser.add_argument("--size", type=int, metavar="PIXELS",
+                        help="resize and crop images to this size (default: the weights' "
+                             "preprocessing, else 224)")
+    parser.add_argument("--out", type=Path, default=Path("explain.png"), metavar="FILE",
+                        help="figure file (default: explain.png; with several images, "
+                             "one file per image: explain-<image>.png)")
+    parser.add_argument("--maps", type=Path, metavar="FILE",
+                        help="also save the maps: .pt (maps at each layer's resolution) or "
+                             ".npy (images x methods x layers x H x W at image size, NaN "
+                             "where a method has no map)")
+
+
+# -- model -----------------------------------------------------------------------------------
+
+def _suggest(name: str, names: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, names, n=3)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _classification_models() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision_model(name: str, weights: str | None) -> LoadedModel:
+    if weights is None:
+        print(f"WARNING: {name} has RANDOM weights (no --weights given): the maps show how the "
+              "methods work, not what a trained model looks at. Pass --weights DEFAULT for "
+              "pretrained weights.", file=sys.stderr)
+        return LoadedModel(torchvision.models.get_model(name, weights=None),
+                           f"{name}, RANDOM WEIGHTS", Preprocessing())
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        chosen = enum.verify(weights)
+    except (KeyError, ValueError) as err:
+        valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise ExplainError(f"unknown weights {weights!r} for {name}; choose one of "
+                           f"{valid}") from err
+    try:
+        model = torchvision.models.get_model(name, weights=chosen)
+    except OSError as err:  # urllib's URLError and socket errors are OSErrors
+        where = Path(torch.hub.get_dir()) / "checkpoints"
+        raise ExplainError(
+            f"weights for {name} ({chosen}) are not cached in {where} and cannot be downloaded "
+            f"({err}); download them once with internet access or pass a checkpoint file"
+        ) from err
+    t = chosen.transforms()
+    preprocessing = Preprocessing(t.resize_size[0], t.crop_size[0], t.mean, t.std,
+                                  t.interpolation)
+    return LoadedModel(model, f"{name} ({chosen})", preprocessing,
+                       chosen.meta.get("categories"))
+
+
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _checkpoint_model(path: Path, arch: str | None) -> LoadedModel:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and format errors all mean "not loadable safely"
+        raise ExplainError(
+            f"cannot load {path} safely (torch.load with weights_only=True: "
+            f"{_one_line(err, 160)}); save model.state_dict() and pass the file with "
+            "--arch NAME") from err
+    if not (isinstance(state, Mapping) and state
+            and all(isinstance(v, Tensor) for v in state.values())):
+        raise ExplainError(f"{path} does not hold a state_dict (parameter names -> tensors); "
+                           "save model.state_dict() and pass the file with --arch NAME")
+    if arch is None:
+        raise ExplainError(f"{path} holds a state_dict, which does not say which model it "
+                           "belongs to; pass --arch NAME (the torchvision architecture, e.g. "
+                           "--arch resnet18)")
+    if arch not in _classification_models():
+        raise ExplainError(f"unknown --arch {arch!r}: not a torchvision classification model"
+                           f"{_suggest(arch, _classification_models())}")
+    classes = next(v.shape[0] for k, v in reversed(state.items()) if k.endswith("weight"))
+    model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ExplainError(f"{path} does not fit --arch {arch}: {_one_line(err)}") from err
+    return LoadedModel(model, f"{arch} from {path.name}", Preprocessing())
+
+
+def _zoo_model(name: str) -> LoadedModel | None:
+    """A model from :mod:`captum_fgcam.zoo` (when the module exists), or None."""
+    if importlib.util.find_spec("captum_fgcam.zoo") is None:
+        return None
+    zoo = importlib.import_module("captum_fgcam.zoo")
+    try:
+        model = zoo.load_model(name)
+    except (KeyError, ValueError):
+        return None
+    return LoadedModel(model, name, Preprocessing())
+
+
+def load_model(name: str, weights: str | None = None, arch: str | None = None) -> LoadedModel:
+    """The model named on the command line, in eval mode, with its preprocessing."""
+    path = Path(name)
+    if path.is_file():
+        if weights is not None:
+            raise ExplainError("--weights applies to torchvision model names; a checkpoint "
+                               "brings its own weights (name its architecture with --arch)")
+        loaded = _checkpoint_model(path, arch)
+    elif path.suffix in (".pt", ".pth", ".ckpt", ".bin") or len(path.parts) > 1:
+        raise ExplainError(f"checkpoint file {name} not found")
+    elif arch is not None:
+        raise ExplainError("--arch applies to a checkpoint file (the architecture of its "
+                           "state_dict); a model name says it already")
+    elif name in _classification_models():
+        loaded = _torchvision_model(name, weights)
+    else:
+        found = _zoo_model(name)
+        if found is None:
+            raise ExplainError(
+                f"unknown model {name!r}: not a file and not a torchvision classification "
+                f"model{_suggest(name, _classification_models())} (all names: "
+                "torchvision.models.list_models(module=torchvision.models))")
+        if weights is not None:
+            raise ExplainError(f"--weights applies to torchvision model names; {name} brings "
+                               "its own weights")
+        loaded = found
+    loaded.model.eval()
+    return loaded
+
+
+# -- images, target, layers ------------------------------------------------------------------
+
+def load_images(paths: Sequence[Path], preprocessing: Preprocessing
+                ) -> tuple[list[np.ndarray], Tensor]:
+    """The images as shown (H x W x 3 in [0, 1]) and as a normalised batch."""
+    shown, batch = [], []
+    for path in paths:
+        try:
+            with Image.open(path) as opened:
+                raw = TF.pil_to_tensor(opened.convert("RGB"))
+        except UnidentifiedImageError as err:
+            raise ExplainError(f"cannot read image {path}: not an image file Pillow knows; "
+                               "pass a PNG, JPEG, WebP, ... file") from err
+        image, x = preprocessing(raw)
+        shown.append(image)
+        batch.append(x)
+    return shown, torch.stack(batch)
+
+
+def resolve_target(spec: str | None, logits: Tensor,
+                   categories: Sequence[str] | None) -> list[int]:
+    """One class index per image: ``spec`` (an index or a class name) or the prediction."""
+    classes = logits.shape[1]
+    if spec is None:
+        return logits.argmax(dim=1).tolist()
+    if spec.lstrip("-").isdigit():
+        index = int(spec)
+        if not 0 <= index < classes:
+            raise ExplainError(f"class index {index} is out of range: the model has {classes} "
+                               f"classes; pass --target 0 to {classes - 1}")
+        return [index] * logits.shape[0]
+    if categories is None:
+        raise ExplainError(f"class name {spec!r} needs the model's class names, which only "
+                           "torchvision --weights provide; pass a class index (0 to "
+                           f"{classes - 1})")
+    lowered = [c.lower() for c in categories]
+    if spec.lower() not in lowered:
+        raise ExplainError(f"unknown class name {spec!r}{_suggest(spec, list(categories))} "
+                           f"(or pass a class index, 0 to {classes - 1})")
+    return [lowered.index(spec.lower())] * logits.shape[0]
+
+
+def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str) -> list[str]:
+    """The layers to explain, checked; default: the CAM layer and the input."""
+    names = list(names or [cam_layer, INPUT])
+    modules = dict(model.named_modules())
+    for name in names:
+        if name != INPUT and (not name or name not in modules):
+            # examples: convolutions and blocks holding some, near the top of the tree
+            shallow = [n for n, m in modules.items() if n and n.count(".") <= 1
+                       and any(isinstance(c, CONVOLUTIONS) for c in m.modules())]
+            picks = [shallow[i] for i in np.linspace(0, len(shallow) - 1, 8).astype(int)]
+            examples = ", ".join(dict.fromkeys([cam_layer, *picks, INPUT]))
+            raise ExplainError(f"unknown layer {name!r}; valid names include {examples} "
+                               "(any name from model.named_modules())")
+    return names
+
+
+# -- maps ------------------------------------------------------------------------------------
+
+def compute_maps(model: nn.Module, x: Tensor, targets: list[int], methods: Sequence[str],
+                 layers: Sequence[str], denoise: bool = False) -> dict[str, dict[str, Tensor]]:
+    """``maps[row label][layer] = N x 1 x h x w``; plain CAMs have no map at the input."""
+    first = find_input_layer(model)
+    target = torch.tensor(targets)
+    maps: dict[str, dict[str, Tensor]] = {}
+    for method in methods:
+        label = METHODS[method]
+        for layer in layers:
+            to_input = layer == INPUT
+            name = first if to_input else layer
+            if method in PLAIN_CAMS:
+                if not to_input:
+                    cam = PLAIN_CAMS[method](model, model.get_submodule(name))
+                    maps.setdefault(label, {})[layer] = cam.attribute(x, target).detach()
+                continue
+            if method == "lrp":
+                maps.setdefault(label, {})[layer] = LRP(model, name).attribute(
+                    x, target, attribute_to_layer_input=to_input)
+                continue
+            fg = (FGGradCam if method == "fg-grad-cam" else FGScoreCam)(model, name)
+            maps.setdefault(label, {})[layer] = fg.attribute(
+                x, target, attribute_to_layer_input=to_input)
+            if denoise:
+                maps.setdefault(f"{label}, denoised", {})[layer] = fg.attribute(
+                    x, target, attribute_to_layer_input=to_input, denoise=True)
+    for label, row in maps.items():
+        for layer, m in row.items():
+            if m.dim() != 4:
+                raise ExplainError(f"{label} at layer {layer!r} gives a map of shape "
+                                   f"{tuple(m.shape)}, not an image-like one; choose a layer "
+                                   "with a spatial output, at or before the CAM layer")
+    return maps
+
+
+def _column(layer: str, maps: dict[str, dict[str, Tensor]], cam_layer: str) -> str:
+    shape = next(row[layer].shape[-2:] for row in maps.values() if layer in row)
+    note = ", CAM layer" if layer == cam_layer else ""
+    return f"{layer} ({shape[0]}x{shape[1]}{note})"
+
+
+def save_maps(path: Path, maps: dict[str, dict[str, Tensor]], layers: Sequence[str],
+              images: Sequence[Path], targets: list[int], size: tuple[int, int],
+              mode: str) -> None:
+    """``.pt``: the maps at layer resolution, with names; ``.npy``: an array at image size."""
+    if path.suffix == ".pt":
+        torch.save({"images": [str(p) for p in images], "targets": targets, "maps": maps}, path)
+        return
+    array = np.full((len(images), len(maps), len(layers), *size), np.nan, dtype=np.float32)
+    for j, row in enumerate(maps.values()):
+        for k, layer in enumerate(layers):
+            if layer in row:
+                for i in range(len(images)):
+                    array[i, j, k] = to_image_map(row[layer][i], size, mode)[..., 0]
+    np.save(path, array)
+
+
+def _outputs(out: Path, images: Sequence[Path]) -> list[Path]:
+    if len(images) == 1:
+        return [out]
+    stems = [p.stem for p in images]
+    if len(set(stems)) < len(stems):
+        stems = [f"{i + 1}-{s}" for i, s in enumerate(stems)]
+    return [out.with_name(f"{out.stem}-{s}{out.suffix}") for s in stems]
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def explain(args: argparse.Namespace) -> None:
+    """Everything ``run`` does, raising :class:`ExplainError` for user errors."""
+    for path in args.images:
+        if not path.is_file():
+            raise ExplainError(f"image file {path} not found")
+    if args.maps is not None and args.maps.suffix not in MAP_SUFFIXES:
+        raise ExplainError(f"--maps {args.maps}: use a .pt or .npy file name")
+    if args.out.suffix.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
+        raise ExplainError(f"--out {args.out}: use a figure file name such as explain.png")
+    loaded = load_model(args.model, args.weights, args.arch)
+    model = loaded.model
+    shown, x = load_images(args.images, loaded.preprocessing.sized(args.size))
+    with torch.no_grad():
+        logits = model(x)
+    targets = resolve_target(args.target, logits, loaded.categories)
+    cam_layer = find_cam_layer(model)
+    layers = resolve_layers(model, args.layers, cam_layer)
+    methods = list(dict.fromkeys(args.methods or ["fg-grad-cam"]))
+    maps = compute_maps(model, x, targets, methods, layers, args.denoise)
+    columns = {layer: _column(layer, maps, cam_layer) for layer in layers
+               if any(layer in row for row in maps.values())}
+    probabilities = logits.softmax(dim=1)
+    outputs = _outputs(args.out, args.images)
+    for i, (image, out) in enumerate(zip(shown, outputs, strict=True)):
+        t = targets[i]
+        name = f" {loaded.categories[t]!r}" if loaded.categories else ""
+        view = "positive relevance" if args.sign == "positive" else "signed relevance"
+        title = (f"{loaded.label}: class {t}{name}, p = {float(probabilities[i, t]):.2f}; "
+                 f"{view}, each map scaled to its maximum")
+        cells = {row: {columns[layer]: m[i] for layer, m in by_layer.items()}
+                 for row, by_layer in maps.items()}
+        fig = plot_grid(image, cells, sign=args.sign, title=title, method="blended_heat_map",
+                        mode=args.upsample)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        print(f"{args.images[i]}: class {t}{name} -> {out}")
+    if args.maps is not None:
+        save_maps(args.maps, maps, layers, args.images, targets, x.shape[-2:], args.upsample)
+        print(f"maps -> {args.maps}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``explain``; user errors print one line (no traceback) and return 2."""
+    try:
+        explain(args)
+    except (ExplainError, LayerError, MissingRuleError) as err:
+        print(f"captum-fgcam explain: error: {_one_line(err, 1000)}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,245 @@
+"""``captum-fgcam explain`` end to end (small random models, nothing downloaded) and the
+visualisation helpers."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+import urllib.error
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from captum_fgcam import cli
+from captum_fgcam.explain import METHODS, compute_maps
+from captum_fgcam.visualization import plot_grid, plot_views, to_image_map
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DPI = 110  # explain saves at this resolution; plot_grid's cells are 2 inches
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    """An 80 x 100 RGB PNG with a red square."""
+    rng = np.random.default_rng(0)
+    pixels = rng.random((80, 100, 3))
+    pixels[20:50, 30:60] = [1.0, 0.0, 0.0]
+    path = tmp_path_factory.mktemp("images") / "square.png"
+    matplotlib.image.imsave(path, pixels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cached_weights(tmp_path_factory) -> Path:
+    """A TORCH_HOME whose hub cache holds (random) ResNet-18 weights under the file name
+    torchvision expects: ``weights="DEFAULT"`` then loads offline. torch.hub checks a hash
+    only while downloading (check_hash), never for a file already cached."""
+    home = tmp_path_factory.mktemp("torch_home")
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, checkpoints / Path(weights.url).name)
+    return home
+
+
+def explain(*args: str | Path) -> int:
+    return cli.main(["explain", *map(str, args)])
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+def png_shape(path: Path) -> tuple[int, ...]:
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return matplotlib.image.imread(path).shape
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.MaxPool2d(2), nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+# -- the command -----------------------------------------------------------------------------
+
+def test_random_weights_figure_and_maps(image, tmp_path, capsys):
+    out, maps = tmp_path / "fig.png", tmp_path / "maps.npy"
+    code = explain(image, "--model", "resnet18", "--size", "32", "--out", out, "--maps", maps,
+                   "--method", "fg-grad-cam", "--method", "grad-cam", "--denoise")
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "RANDOM weights" in captured.err and "--weights DEFAULT" in captured.err
+    # rows: FG-Grad-CAM, denoised, Grad-CAM; columns: the image, layer4.1, input
+    assert png_shape(out) == (int((3 * 2.0 + 0.8) * DPI), int(3 * 2.0 * DPI), 4)
+    array = np.load(maps)
+    assert array.shape == (1, 3, 2, 32, 32)
+    assert np.isnan(array[0, 2, 1]).all()  # Grad-CAM has no map at the input
+    assert np.isfinite(array[0, :, 0]).all() and np.isfinite(array[0, :2, 1]).all()
+
+
+def test_pretrained_weights_offline_with_class_name(image, tmp_path, cached_weights,
+                                                   monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(cached_weights))
+    out, maps = tmp_path / "fig.png", tmp_path / "maps.pt"
+    code = explain(image, image, "--model", "resnet18", "--weights", "DEFAULT", "--size", "32",
+                   "--target", "Tench", "--layer", "layer3", "--out", out, "--maps", maps)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "RANDOM" not in captured.err
+    assert captured.out.count("class 0 'tench'") == 2
+    assert all(png_shape(tmp_path / f"fig-{i}-square.png")[:2] == (int(2.8 * DPI), 4 * DPI)
+               for i in (1, 2))
+    saved = torch.load(maps, weights_only=True)
+    assert saved["targets"] == [0, 0]
+    assert saved["maps"]["FG-Grad-CAM"]["layer3"].shape == (2, 1, 2, 2)
+
+
+def test_weights_not_cached_and_no_internet(image, tmp_path, monkeypatch, capsys):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("no internet")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert explain(image, "--model", "resnet18", "--weights", "DEFAULT") == 2
+    line = error_line(capsys)
+    assert "weights for resnet18" in line and "not cached in" in line
+    assert str(tmp_path / "hub" / "checkpoints") in line
+    assert "download them once with internet access or pass a checkpoint file" in line
+
+
+def test_checkpoint(image, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=5)
+    checkpoint = tmp_path / "model.pt"
+    torch.save(model.state_dict(), checkpoint)
+    out = tmp_path / "fig.png"
+    code = explain(image, "--model", checkpoint, "--arch", "resnet18", "--size", "32",
+                   "--target", "4", "--method", "lrp", "--out", out)
+    assert code == 0, capsys.readouterr().err
+    assert "class 4" in capsys.readouterr().out
+    assert png_shape(out)[:2] == (int(2.8 * DPI), 3 * 2 * DPI)
+
+    assert explain(image, "--model", checkpoint) == 2
+    line = error_line(capsys)
+    assert "state_dict" in line and "--arch NAME" in line
+    assert explain(image, "--model", checkpoint, "--arch", "squeezenet1_1") == 2
+    assert "does not fit --arch squeezenet1_1" in error_line(capsys)
+
+    pickled = tmp_path / "whole.pt"
+    torch.save(model, pickled)
+    assert explain(image, "--model", pickled, "--arch", "resnet18") == 2
+    line = error_line(capsys)
+    assert "cannot load" in line and "weights_only=True" in line
+    assert "save model.state_dict()" in line
+
+
+def test_zoo_names(image, tmp_path, monkeypatch, capsys):
+    """Names from captum_fgcam.zoo (when it exists) are models too."""
+    def load_model(name: str) -> nn.Module:
+        if name != "tiny":
+            raise KeyError(name)
+        return tiny_cnn()
+
+    zoo = types.ModuleType("captum_fgcam.zoo")
+    zoo.__spec__ = importlib.machinery.ModuleSpec("captum_fgcam.zoo", None)
+    zoo.load_model = load_model
+    monkeypatch.setitem(sys.modules, "captum_fgcam.zoo", zoo)
+    out = tmp_path / "fig.png"
+    assert explain(image, "--model", "tiny", "--size", "32", "--out", out,
+                   "--method", "fg-score-cam", "--method", "score-cam",
+                   "--method", "layer-cam") == 0
+    assert png_shape(out)[:2] == (int((3 * 2.0 + 0.8) * DPI), 3 * 2 * DPI)
+    assert explain(image, "--model", "tiny", "--size", "32", "--out", out,
+                   "--method", "grad-cam") == 0
+    assert png_shape(out)[:2] == (int(2.8 * DPI), 2 * 2 * DPI)  # no Grad-CAM at the input
+    assert explain(image, "--model", "tinyy") == 2
+    assert "unknown model 'tinyy'" in error_line(capsys)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["missing.png", "--model", "resnet18"], ["image file missing.png not found"]),
+    (["{image}", "--model", "resnet19"], ["unknown model 'resnet19'", "did you mean",
+                                         "resnet18", "list_models"]),
+    (["{image}", "--model", "weights/absent.pt"], ["checkpoint file weights/absent.pt not"]),
+    (["{image}", "--model", "resnet18", "--size", "32", "--layer", "layer9"],
+     ["unknown layer 'layer9'", "layer4.1", "input", "named_modules"]),
+    (["{image}", "--model", "resnet18", "--size", "32", "--target", "1000"],
+     ["class index 1000 is out of range", "1000 classes", "--target 0 to 999"]),
+    (["{image}", "--model", "resnet18", "--size", "32", "--target", "tench"],
+     ["class name 'tench' needs", "--weights", "class index"]),
+    (["{image}", "--model", "resnet18", "--weights", "IMAGENET9K"],
+     ["unknown weights 'IMAGENET9K'", "DEFAULT", "IMAGENET1K_V1"]),
+    (["{image}", "--model", "resnet18", "--out", "fig.npy"], ["--out fig.npy", "explain.png"]),
+    (["{image}", "--model", "resnet18", "--maps", "maps.txt"], [".pt or .npy"]),
+    (["{image}", "--model", "resnet18", "--arch", "resnet18"], ["--arch applies to a checkpoint"]),
+])
+def test_errors_name_problem_and_fix(image, args, expected, capsys):
+    assert explain(*[a.format(image=image) for a in args]) == 2
+    line = error_line(capsys)
+    assert line.startswith("captum-fgcam explain: error: ")
+    for text in expected:
+        assert text in line
+
+
+def test_unknown_class_name(image, cached_weights, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(cached_weights))
+    assert explain(image, "--model", "resnet18", "--weights", "DEFAULT",
+                   "--target", "goldfishes") == 2
+    line = error_line(capsys)
+    assert "unknown class name 'goldfishes'" in line and "goldfish" in line
+    assert "0 to 999" in line
+
+
+def test_model_state_comes_back_unchanged():
+    model = tiny_cnn().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, 16, 16)
+    compute_maps(model, x, [1], list(METHODS), ["3", "input"], denoise=True)
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())
+
+
+# -- visualisation helpers -------------------------------------------------------------------
+
+def test_to_image_map_nearest_and_bilinear():
+    coarse = torch.tensor([[1.0, -2.0], [3.0, 4.0]])[None, None]  # 1 x 1 x 2 x 2
+    nearest = to_image_map(coarse, (4, 6))
+    assert nearest.shape == (4, 6, 1) and nearest.dtype == np.float32
+    assert nearest[:2, :3, 0].tolist() == [[1.0] * 3] * 2
+    assert nearest[2:, 3:, 0].tolist() == [[4.0] * 3] * 2
+    smooth = to_image_map(coarse, (4, 4), mode="bilinear")
+    assert smooth.shape == (4, 4, 1)
+    # half-pixel centres: the edges keep their cell, pixels in between are interpolated
+    assert smooth[0, :, 0].tolist() == [1.0, 0.25, -1.25, -2.0]
+    channels = torch.ones(3, 2, 2)
+    assert np.all(to_image_map(channels, (2, 2)) == 3.0)  # channels are summed
+    with pytest.raises(ValueError, match="nearest"):
+        to_image_map(coarse, (4, 4), mode="cubic")
+
+
+@pytest.mark.parametrize("sign", ["positive", "all"])
+def test_plot_grid_and_views(sign):
+    img = np.random.default_rng(0).random((16, 16, 3))
+    maps = {"A": {"l1": torch.randn(1, 4, 4), "input": torch.randn(1, 16, 16)},
+            "B": {"l1": -torch.ones(1, 4, 4)}}
+    fig = plot_grid(img, maps, sign=sign, title="t", method="blended_heat_map",
+                    mode="bilinear")
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["", "l1", "input"]
+    assert fig.axes[0].get_title(loc="left") == "A"
+    assert len(fig.axes) == 6 + 2  # 2 x 3 cells, a colour bar under each map column
+    views = plot_views(img, maps["A"]["l1"], title="one map")
+    titles = [ax.get_title() for ax in views.axes]
+    assert titles[:3] == ["image", "signed (green +, red -)", "positive, over the image"]
