@@ -18,9 +18,9 @@ from torch.utils.data import Dataset
 
 from .registry import _entry, checkpoint_path, load_model, scenes
 
-# Per-model defaults: (epochs, training scenes).
+# Per-model defaults: (epochs, training scenes); the ResNet overfits 8000 scenes.
 DEFAULTS: dict[str, tuple[int, int]] = {
-    "scenes-vgg16bn": (6, 8000), "scenes-resnet": (6, 8000), "scenes-wall": (6, 8000),
+    "scenes-vgg16bn": (12, 8000), "scenes-resnet": (6, 20000), "scenes-wall": (12, 8000),
 }
 
 
@@ -52,22 +52,22 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_siz
         on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """AdamW with a one-cycle schedule; returns the loss of every step."""
     g = torch.Generator().manual_seed(seed)
-    steps = epochs * (len(labels) // batch_size)
+    per_epoch = len(labels) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
     losses = []
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(len(labels), generator=g)[:steps // epochs * batch_size]
+        order = torch.randperm(len(labels), generator=g)[:per_epoch * batch_size]
         for idx in order.split(batch_size):
-            loss = F.cross_entropy(model(images[idx]), labels[idx])
+            loss = F.cross_entropy(model(images[idx].float()), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             schedule.step()
             losses.append(loss.item())
         if on_epoch is not None:
-            on_epoch(epoch, sum(losses[-len(order) // batch_size:]) * batch_size / len(order))
+            on_epoch(epoch, sum(losses[-per_epoch:]) / per_epoch)
     return losses
 
 
@@ -77,7 +77,7 @@ def train(name: str, epochs: int, train_size: int, test_size: int = 1000,
     start = time.perf_counter()
     train_x, train_y = materialise(scenes(name, "train", length=train_size), train_size)
     test_x, test_y = materialise(scenes(name, "test", length=test_size), test_size)
-    train_x = train_x.contiguous(memory_format=torch.channels_last)
+    train_x = train_x.half().contiguous(memory_format=torch.channels_last)  # half the memory
     print(f"{name}: {train_size} training scenes generated in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     torch.manual_seed(seed)
