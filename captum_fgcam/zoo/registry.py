@@ -1,0 +1,62 @@
+"""The zoo's registry: model names, their architectures, their data and their checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..datasets import Scenes
+from .architectures import scenes_resnet, scenes_vgg16bn, scenes_wall
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A zoo model: how to build it and the ``Scenes`` options it is trained and tested on."""
+
+    build: Callable[[], nn.Module]
+    scenes: dict = field(default_factory=dict)
+
+
+_ZOO: dict[str, Entry] = {
+    "scenes-vgg16bn": Entry(scenes_vgg16bn),
+    "scenes-resnet": Entry(scenes_resnet),
+    "scenes-wall": Entry(scenes_wall, {"wall": True}),
+}
+
+
+def names() -> list[str]:
+    """The names ``load_model`` knows."""
+    return list(_ZOO)
+
+
+def _entry(name: str) -> Entry:
+    if name not in _ZOO:
+        raise KeyError(f"unknown zoo model {name!r}; known models: {', '.join(_ZOO)}")
+    return _ZOO[name]
+
+
+def checkpoint_path(name: str) -> Path:
+    """Where the shipped state dict of ``name`` lives."""
+    _entry(name)
+    return WEIGHTS / f"{name}.pt"
+
+
+def load_model(name: str, pretrained: bool = True) -> nn.Module:
+    """Zoo model ``name`` in eval mode, with its shipped weights unless ``pretrained=False``."""
+    model = _entry(name).build()
+    if pretrained:
+        state = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in state.items()})
+    return model.eval()
+
+
+def scenes(name: str, split: str = "test", **options) -> Scenes:
+    """The ``Scenes`` split that zoo model ``name`` is trained / evaluated on (96 x 96)."""
+    return Scenes(split, **{**_entry(name).scenes, **options})

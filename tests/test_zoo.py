@@ -1,0 +1,73 @@
+"""The model zoo: layouts, shipped checkpoints, the wall model's blindness, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+from captum_fgcam import FGGradCam, find_cam_layer
+from captum_fgcam.zoo import checkpoint_path, load_model, names, scenes
+from captum_fgcam.zoo.train import accuracy, fit, materialise
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, nn.Module]:
+    return {name: load_model(name) for name in names()}
+
+
+def test_names_and_unknown_name():
+    assert names() == ["scenes-vgg16bn", "scenes-resnet", "scenes-wall"]
+    with pytest.raises(KeyError, match="known models: scenes-vgg16bn, scenes-resnet"):
+        load_model("vgg16")
+
+
+def test_vgg16bn_has_torchvisions_features_layout(models):
+    model = models["scenes-vgg16bn"]
+    reference = make_layers(cfgs["D"], batch_norm=True)
+    assert [type(m) for m in model.features] == [type(m) for m in reference]
+    assert all(isinstance(model.features[i], nn.MaxPool2d) for i in (13, 23, 33, 43))
+    assert find_cam_layer(model) == "features.43"
+
+
+def test_checkpoints_are_small_and_load_with_weights_only():
+    sizes = [checkpoint_path(name).stat().st_size for name in names()]
+    assert sum(sizes) <= 10e6
+    for name in names():
+        state = torch.load(checkpoint_path(name), weights_only=True)
+        load_model(name, pretrained=False).load_state_dict(state)
+
+
+@pytest.mark.parametrize("name", ["scenes-vgg16bn", "scenes-resnet", "scenes-wall"])
+def test_held_out_accuracy(models, name):
+    images, labels = materialise(scenes(name, "test", length=200), 200)
+    assert accuracy(models[name], images, labels) >= 0.95
+
+
+def test_wall_model_cannot_see_below_the_wall(models):
+    model, data = models["scenes-wall"], scenes("scenes-wall", "test", length=4)
+    x = torch.stack([data[i][0] for i in range(4)])
+    unseen = model.unseen_mask(96, 96)
+    assert unseen[data.wall_row:].all() and not unseen[:data.wall_row].any()
+    changed = torch.where(unseen, torch.randn_like(x) * 3, x)
+    with torch.no_grad():
+        assert torch.equal(model(changed), model(x))
+        assert not torch.equal(model(torch.where(unseen, x, x.flip(0))), model(x))
+
+
+def test_fg_grad_cam_on_zoo_models(models):
+    data = scenes("scenes-wall", "test", length=2)
+    x, y = torch.stack([data[i][0] for i in range(2)]), torch.stack([data[i][1] for i in range(2)])
+    vgg, wall = models["scenes-vgg16bn"], models["scenes-wall"]
+    assert FGGradCam(vgg, vgg.features[13]).attribute(x, target=y).shape == (2, 1, 24, 24)
+    pixels = FGGradCam(wall, wall.wall).attribute(x, target=y, attribute_to_layer_input=True)
+    assert pixels.shape == (2, 1, 96, 96)
+
+
+def test_a_few_training_steps_lower_the_loss():
+    images, labels = materialise(scenes("scenes-resnet", "train", length=32), 32)
+    torch.manual_seed(0)
+    losses = fit(load_model("scenes-resnet", pretrained=False), images, labels, epochs=6,
+                 batch_size=16, lr=3e-3)
+    assert sum(losses[-3:]) < sum(losses[:3])
