@@ -1,71 +1,86 @@
-"""`make demo`: Grad-CAM beside FG-Grad-CAM (with and without denoising) across layers.
+"""`make demo`: the paper's Figure 3 on the project's trained model and a held-out scene.
 
-Until the project ships a trained model, the demo runs on a randomly initialised VGG16-bn
-(the figure says so) and a procedurally drawn scene, fully offline.
+Rows: Grad-CAM, Score-CAM, Layer-CAM (plain CAMs at each layer), FG-Grad-CAM with and
+without denoising, FG-Score-CAM (propagated from the CAM layer), LRP (from the logits, at the
+input). Columns: the CAM layer ``features.43``, ``features.33``, ``.23``, ``.13`` and the
+input. Then a short metrics table on a few held-out scenes, and relevance conservation.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import torch
-import torch.nn.functional as F
-import torchvision
-from captum.attr import LayerGradCam
 
-from captum_fgcam import FGGradCam
+from captum_fgcam import zoo
+from captum_fgcam.benchmark import INPUT, SceneItems, Settings, explainers, run
+from captum_fgcam.datasets import Scenes
 from captum_fgcam.visualization import denormalize, plot_grid
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MODEL = "scenes-vgg16bn"
+CAM_LAYER = "features.43"
+LAYERS = [CAM_LAYER, "features.33", "features.23", "features.13", INPUT]
+ROWS = ["Grad-CAM", "Score-CAM", "Layer-CAM", "FG-Grad-CAM", "FG-Grad-CAM-D", "FG-Score-CAM",
+        "LRP"]
+METRICS = ["A.D.", "A.I.", "Overall", "Proportion"]
 
 
-def procedural_scene(size: int = 224, seed: int = 0) -> torch.Tensor:
-    """A textured background with a disc and a triangle; normalised, 1 x 3 x H x W."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size),
-                            indexing="ij")
-    noise = F.interpolate(torch.rand(1, 3, size // 8, size // 8, generator=g), size=size,
-                          mode="bilinear", align_corners=False)[0]
-    img = 0.35 + 0.25 * noise + 0.05 * torch.sin(40 * xx + 25 * yy)
-    disc = (xx - 0.32) ** 2 + (yy - 0.40) ** 2 < 0.15 ** 2
-    tri = (yy > 0.55) & (yy < 0.9) & ((xx - 0.7).abs() < (yy - 0.55) * math.tan(0.5))
-    img[:, disc] = torch.tensor([0.9, 0.2, 0.1])[:, None]
-    img[:, tri] = torch.tensor([0.1, 0.3, 0.9])[:, None]
-    return ((img - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None])[None]
+def figure_maps(model: torch.nn.Module, x: torch.Tensor,
+                target: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """``maps[method][column]`` for the figure (plain CAMs have no map at the input)."""
+    maps: dict[str, dict[str, torch.Tensor]] = {row: {} for row in ROWS}
+    for (method, layer), explain in explainers(model, ROWS, LAYERS).items():
+        side = x.shape[-1] if layer == INPUT else None
+        label = f"input ({side}x{side})" if side else layer
+        maps[method][label] = explain(x, target).detach()
+    return maps
 
 
-def main() -> None:
+def _column_titles(maps: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Column names with each layer's resolution (``features.33 (6x6)``)."""
+    sizes = {col: m.shape[-1] for row in maps.values() for col, m in row.items()}
+    named = {col: col if col.startswith("input") else f"{col} ({sizes[col]}x{sizes[col]})"
+             for col in sizes}
+    named[CAM_LAYER] += ", CAM layer"
+    return {row: {named[c]: m for c, m in cols.items()} for row, cols in maps.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo.png")
-    args = parser.parse_args()
+    parser.add_argument("--index", type=int, default=3, help="which held-out scene to show")
+    parser.add_argument("--images", type=int, default=8, help="scenes for the metrics table")
+    args = parser.parse_args(argv)
     start = time.perf_counter()
-    torch.manual_seed(0)
-    model = torchvision.models.vgg16_bn(weights=None).eval()
-    x = procedural_scene()
-    target = int(model(x).argmax())
-    layers = {"features[43] (7x7, CAM layer)": 43, "features[33] (14x14)": 33,
-              "features[23] (28x28)": 23, "features[13] (56x56)": 13, "input (224x224)": -1}
-    maps: dict[str, dict[str, torch.Tensor]] = {"Grad-CAM": {}, "FG-Grad-CAM": {},
-                                                "FG-Grad-CAM, denoised": {}}
-    for name, index in layers.items():
-        layer = model.features[0] if index == -1 else model.features[index]
-        if index != -1:
-            maps["Grad-CAM"][name] = LayerGradCam(model, layer).attribute(x, target).detach()
-        fg = FGGradCam(model, layer)
-        maps["FG-Grad-CAM"][name] = fg.attribute(x, target, attribute_to_layer_input=index == -1)
-        maps["FG-Grad-CAM, denoised"][name] = fg.attribute(
-            x, target, attribute_to_layer_input=index == -1, denoise=True)
-    fig = plot_grid(denormalize(x[0], MEAN, STD), maps, sign="positive",
-                    title=f"RANDOMLY INITIALISED VGG16-bn (no trained model yet), class {target}: "
-                          "positive relevance per layer")
+    model = zoo.load_model(MODEL)
+    scenes = zoo.scenes(MODEL, "test", length=max(args.images, args.index + 1))
+    image, label, _, _ = scenes[args.index]
+    x, target = image[None], torch.tensor([int(label)])
+    predicted = int(model(x).argmax())
+    maps = _column_titles(figure_maps(model, x, target))
+    title = (f"{MODEL} (trained on the embedded scenes), held-out scene {args.index}: "
+             f"class '{Scenes.classes[int(label)]}' (predicted '{Scenes.classes[predicted]}'); "
+             "positive part of each map")
+    fig = plot_grid(denormalize(image, Scenes.mean, Scenes.std), maps, sign="positive",
+                    title=title)
     fig.savefig(args.out, dpi=110)
-    total = maps["FG-Grad-CAM"]["features[43] (7x7, CAM layer)"].sum()
-    print(f"saved {args.out} in {time.perf_counter() - start:.1f} s")
-    print("conservation (sum of the FG-Grad-CAM map / sum of the components at the CAM layer):")
-    for name in layers:
-        print(f"  {name:32s} {float(maps['FG-Grad-CAM'][name].sum() / total):.6f}")
+    print(f"saved {args.out}")
+
+    fg = maps["FG-Grad-CAM"]
+    total = next(m for c, m in fg.items() if "CAM layer" in c).sum()
+    print("conservation, FG-Grad-CAM (map sum / component sum at the CAM layer):")
+    for column, m in fg.items():
+        print(f"  {column:34s} {float(m.sum() / total):.6f}")
+
+    settings = Settings(methods=ROWS, layers=["features.13", INPUT], progress=False)
+    results = run(model, SceneItems(scenes), settings)
+    print(f"\nmetrics on {len(scenes)} held-out scenes (A.D. lower, the others higher is better;"
+          " `captum-fgcam benchmark` for the full tables):")
+    print(f"  {'method':15s} {'layer':12s} " + " ".join(f"{m:>10s}" for m in METRICS))
+    for (method, layer), r in results.items():
+        print(f"  {method:15s} {layer:12s} " + " ".join(f"{r[m]:10.3f}" for m in METRICS))
+    print(f"done in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,26 @@
-"""`make demo` end to end: the figure is written and conservation is printed."""
+"""`make demo` end to end: the figure is written, conservation and metrics are printed."""
 
 from __future__ import annotations
 
-import sys
+import re
 
 import matplotlib.image
 
 from captum_fgcam import demo
 
 
-def test_demo_writes_a_figure(tmp_path, monkeypatch, capsys):
+def test_demo_writes_a_legible_figure_and_prints_conservation_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo.png"
-    monkeypatch.setattr(sys, "argv", ["demo", "--out", str(out)])
-    demo.main()
+    demo.main(["--out", str(out), "--images", "2"])
     image = matplotlib.image.imread(out)
-    assert image.shape[0] > 500 and image.shape[1] > 1000  # legible at its default size
+    assert image.shape[0] > 1200 and image.shape[1] > 1200  # 7 rows x 6 columns, legible
     printed = capsys.readouterr().out
-    assert printed.count("1.000000") == 5  # the map sums to the components at every layer
+    ratios = [float(r) for r in re.findall(r"^\s+(?:features|input)\S*.*?(\d\.\d{6})$",
+                                           printed, flags=re.M)]
+    assert len(ratios) == 5 and all(abs(r - 1) < 1e-4 for r in ratios), printed
+    rows = [line.split() for line in printed.splitlines()
+            if line.strip().startswith(("FG-", "LRP", "Grad-CAM", "Score-CAM", "Layer-CAM"))]
+    assert len(rows) == 10  # 6 methods at features.13, 4 at the input
+    for row in rows:
+        ad, ai, overall, proportion = map(float, row[-4:])
+        assert 0 <= ad <= 100 and 0 <= ai <= 100 and -1 <= overall <= 1 and 0 <= proportion <= 1

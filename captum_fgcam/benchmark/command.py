@@ -1,0 +1,130 @@
+"""``captum-fgcam benchmark``: the paper's comparison on the embedded scenes or on ImageNet.
+
+Under ``torchrun --nproc_per_node K -m captum_fgcam.cli benchmark ...`` each process takes
+every K-th image and the sums are all-reduced (gloo on CPU, NCCL on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import metrics
+from .data import ImageNetVal, SceneItems
+from .methods import METHODS
+from .runner import Settings, run, write_tables
+
+QUICK_IMAGES = 16
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", choices=("scenes", "imagenet"), default="scenes",
+                        help="the embedded scenes benchmark (default) or an ILSVRC2012 val copy")
+    parser.add_argument("--model", default=None,
+                        help="zoo name (scenes-vgg16bn, scenes-resnet, scenes-wall) or a "
+                             "torchvision model name (default: scenes-vgg16bn / vgg16_bn)")
+    parser.add_argument("--weights", default="DEFAULT",
+                        help="torchvision weights for --data imagenet (default: DEFAULT; "
+                             "'none' for random weights)")
+    parser.add_argument("--root", type=Path, help="ImageNet val images, ROOT/<wnid>/<image>")
+    parser.add_argument("--boxes", type=Path, help="ImageNet val box XML files")
+    parser.add_argument("--size", type=int, default=224,
+                        help="ImageNet: images resized to SIZE x SIZE, no crop (224)")
+    parser.add_argument("--images", type=int, default=500, help="number of images (500)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
+                        help=f"subset of {', '.join(METHODS)}")
+    parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help="dotted layer names or 'input' (default: the paper's)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images explained together")
+    parser.add_argument("--metric-batch-size", type=int, default=128,
+                        help="perturbed images per forward pass")
+    parser.add_argument("--pixels-per-step", type=int, default=448,
+                        help="insertion/deletion: pixels changed per step (448)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="insertion/deletion: number of steps (overrides the above)")
+    parser.add_argument("--blur", type=float, nargs=2, default=None,
+                        metavar=("KERNEL", "SIGMA"), help="blur substrate (default 51 50)")
+    parser.add_argument("--logits", action="store_true",
+                        help="score with logits instead of softmax probabilities")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"{QUICK_IMAGES} images: a smoke run of every method and metric")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if "
+                                                       "available; LOCAL_RANK under torchrun)")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
+                        help="output folder for results.md, results.csv, results.png")
+    parser.add_argument("--seed", type=int, default=0, help="scenes: seed of the test split")
+
+
+def _device(arg: str | None) -> torch.device:
+    if arg is not None:
+        return torch.device(arg)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | None, str]:
+    from .. import zoo
+
+    if args.data == "scenes":
+        name = args.model or "scenes-vgg16bn"
+        model = zoo.load_model(name)
+        scenes = zoo.scenes(name, "test", length=args.images, seed=args.seed)
+        unseen = (model.unseen_mask(scenes.size, scenes.size)
+                  if hasattr(model, "unseen_mask") else None)
+        return model, SceneItems(scenes), unseen, f"{name} on {args.images} held-out scenes"
+    if args.root is None or args.boxes is None:
+        raise SystemExit("--data imagenet needs --root (the val images) and --boxes (the XMLs)")
+    import torchvision
+
+    name = args.model or "vgg16_bn"
+    weights = None if args.weights.lower() == "none" else args.weights
+    try:
+        model = torchvision.models.get_model(name, weights=weights)
+    except (ValueError, KeyError) as err:
+        raise SystemExit(f"cannot build torchvision model {name!r} with weights "
+                         f"{args.weights!r}: {err}") from err
+    except OSError as err:  # URLError is an OSError: weights not cached, no internet
+        raise SystemExit(f"weights {args.weights!r} for {name} are not cached in "
+                         "~/.cache/torch/hub/checkpoints and cannot be downloaded "
+                         f"({err}); download them once with internet access") from err
+    data = ImageNetVal(args.root, args.boxes, size=args.size)
+    if len(data) > args.images:
+        data = torch.utils.data.Subset(data, range(args.images))
+    return model.eval(), data, None, f"{name} ({args.weights}) on {len(data)} ImageNet images"
+
+
+def run_command(args: argparse.Namespace) -> int:
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = _device(args.device)
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        if args.quick:
+            args.images = min(args.images, QUICK_IMAGES)
+        model, data, unseen, title = _load(args)
+        model = model.to(device)
+        settings = Settings(
+            methods=args.methods, layers=args.layers or (), batch_size=args.batch_size,
+            metric_batch_size=args.metric_batch_size, steps=args.steps,
+            pixels_per_step=args.pixels_per_step,
+            blur=(metrics.Blur(int(args.blur[0]), args.blur[1]) if args.blur
+                  else metrics.Blur()),
+            use_softmax=not args.logits,
+            progress=sys.stderr.isatty())
+        results = run(model, data, settings,
+                      None if unseen is None else unseen.to(device))
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            paths = write_tables(results, args.out, title)
+            print(paths[1].read_text())
+            print("wrote " + ", ".join(str(p) for p in paths))
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

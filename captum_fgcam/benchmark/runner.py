@@ -1,0 +1,206 @@
+"""Methods x layers x metrics over a dataset, sharded across processes, as the paper's tables.
+
+Every process (``torchrun`` rank) explains the images ``rank, rank + world, ...``; the metric
+sums are all-reduced with ``torch.distributed`` at the end, so any number of processes gives
+the numbers one process gives. Per (method, layer) the sums are::
+
+    A.D. = 100/N sum max(0, Y - O)/Y,   A.I. = 100/N sum 1[Y < O],
+    Insertion, Deletion = mean AUC,     Overall = Insertion - Deletion,
+    Proportion = mean over localisable images of (map+ inside object) / (map+ everywhere),
+    Pointing = share of localisable images whose maximum lies on the object,
+    Unseen = mean share of map+ in the region the model cannot see (models that have one).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .. import metrics
+from .methods import INPUT, METHODS, explainers
+
+#: Columns of the per-(method, layer) sum vector, in order.
+SUMS = ("images", "drop", "increase", "insertion", "deletion", "localisable", "proportion",
+        "pointing", "unseen")
+#: Reported metrics: name -> (numerator, denominator, scale).
+REPORTED = {
+    "A.D.": ("drop", "images", 1.0),
+    "A.I.": ("increase", "images", 100.0),
+    "Insertion": ("insertion", "images", 1.0),
+    "Deletion": ("deletion", "images", 1.0),
+    "Overall": (None, "images", 1.0),
+    "Proportion": ("proportion", "localisable", 1.0),
+    "Pointing": ("pointing", "localisable", 1.0),
+    "Unseen": ("unseen", "images", 1.0),
+}
+
+
+@dataclass
+class Settings:
+    """What to run; defaults follow ``spec/evaluation.md``."""
+
+    methods: Sequence[str] = tuple(METHODS)
+    layers: Sequence[str] = ()
+    batch_size: int = 8  # images explained together
+    metric_batch_size: int = 128  # perturbed images per forward pass
+    pixels_per_step: int = 448  # insertion / deletion (112 steps at 224 x 224)
+    steps: int | None = None  # overrides pixels_per_step when set
+    keep: float = 0.5  # A.D. / A.I.: fraction of pixels kept
+    blur: metrics.Blur = field(default_factory=metrics.Blur)
+    use_softmax: bool = True
+    progress: bool = True
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The paper's layers for the VGG16 layout (features 33, 23, 13, input); the stage
+    outputs below the last for ResNet-style models; otherwise only the input."""
+    names = dict(model.named_modules())
+    if all(f"features.{i}" in names for i in (13, 23, 33, 43)):
+        return ["features.33", "features.23", "features.13", INPUT]
+    if all(f"layer{i}" in names for i in (1, 2, 3, 4)):
+        return ["layer3", "layer2", "layer1", INPUT]
+    return [INPUT]
+
+
+def _shard(data: Dataset, rank: int, world: int) -> Dataset:
+    return Subset(data, range(rank, len(data), world))
+
+
+def run(model: nn.Module, data: Dataset, settings: Settings,
+        unseen: Tensor | None = None) -> dict[tuple[str, str], dict[str, float]]:
+    """Explain every image of ``data`` with every method at every layer; returns the
+    reported metrics per (method, layer). ``unseen`` (H x W bool) marks pixels the model
+    cannot see; with it the Unseen metric is computed."""
+    layers = list(settings.layers) or default_layers(model)
+    device = next(model.parameters()).device
+    rank, world = ((dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
+                   else (0, 1))
+    pairs = explainers(model, settings.methods, layers)
+    sums = {pair: torch.zeros(len(SUMS), dtype=torch.float64) for pair in pairs}
+    loader = DataLoader(_shard(data, rank, world), batch_size=settings.batch_size)
+    batches = loader
+    if settings.progress and rank == 0:
+        from tqdm.auto import tqdm
+        batches = tqdm(loader, desc=f"benchmark ({len(pairs)} method-layer pairs)",
+                       unit="batch")
+    for images, labels, masks, localisable in batches:
+        images, labels = images.to(device), labels.to(device)
+        masks, localisable = masks.to(device), localisable.to(device)
+        for pair, explain in pairs.items():
+            maps = explain(images, labels).detach()
+            sums[pair] += _batch_sums(model, images, labels, maps, masks, localisable,
+                                      settings, unseen).cpu()
+    if world > 1:
+        flat = torch.stack(list(sums.values())).to(device)
+        dist.all_reduce(flat)
+        sums = dict(zip(sums, flat.cpu(), strict=True))
+    return {pair: report(s) for pair, s in sums.items()}
+
+
+def _batch_sums(model: nn.Module, images: Tensor, labels: Tensor, maps: Tensor,
+                masks: Tensor, localisable: Tensor, settings: Settings,
+                unseen: Tensor | None) -> Tensor:
+    common = dict(target=labels, blur=settings.blur, use_softmax=settings.use_softmax,
+                  batch_size=settings.metric_batch_size)
+    drop = metrics.average_drop_increase(model, images, maps, keep=settings.keep, **common)
+    curves = metrics.insertion_deletion(model, images, maps, steps=settings.steps,
+                                        pixels_per_step=settings.pixels_per_step, **common)
+    loc = localisable.bool()
+    proportion = metrics.energy_proportion(maps, masks)
+    pointing = metrics.pointing_game(maps, masks).float()
+    hidden = (metrics.unseen_mass(maps, unseen.expand_as(masks)) if unseen is not None
+              else torch.zeros(len(images), device=images.device))
+    values = [len(images), drop.drop.sum(), drop.increase.float().sum(),
+              curves.insertion.sum(), curves.deletion.sum(), loc.sum(),
+              proportion[loc].sum(), pointing[loc].sum(), hidden.sum()]
+    return torch.tensor([float(v) for v in values], dtype=torch.float64)
+
+
+def report(sums: Tensor) -> dict[str, float]:
+    """Reported metrics from one (method, layer) sum vector (NaN where undefined)."""
+    s = dict(zip(SUMS, sums.tolist(), strict=True))
+    out = {}
+    for name, (num, den, scale) in REPORTED.items():
+        if s[den] == 0:
+            out[name] = math.nan
+        elif num is None:
+            out[name] = (s["insertion"] - s["deletion"]) / s[den]
+        else:
+            out[name] = scale * s[num] / s[den]
+    out["images"] = s["images"]
+    return out
+
+
+# -- tables -------------------------------------------------------------------------------
+def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
+                 title: str, metrics_shown: Sequence[str] | None = None) -> list[Path]:
+    """CSV (long format), Markdown (one method x layer table per metric) and a PNG plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    shown = [m for m in (metrics_shown or REPORTED)
+             if any(not math.isnan(r[m]) for r in results.values())]
+    methods = list(dict.fromkeys(m for m, _ in results))
+    layers = list(dict.fromkeys(layer for _, layer in results))
+    csv_path = out / "results.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["method", "layer", "metric", "value", "images"])
+        for (method, layer), r in results.items():
+            for metric in shown:
+                writer.writerow([method, layer, metric, f"{r[metric]:.6g}", int(r["images"])])
+    lines = [f"# {title}", ""]
+    better = {"A.D.": "lower", "Deletion": "lower", "Unseen": "lower"}
+    for metric in shown:
+        lines += [f"## {metric} ({better.get(metric, 'higher')} is better)", "",
+                  "| method | " + " | ".join(layers) + " |",
+                  "|---|" + "---|" * len(layers)]
+        for method in methods:
+            cells = [_cell(results.get((method, layer)), metric) for layer in layers]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    md_path = out / "results.md"
+    md_path.write_text("\n".join(lines))
+    png_path = out / "results.png"
+    _plot(results, methods, layers, shown, png_path, title)
+    return [csv_path, md_path, png_path]
+
+
+def _cell(r: dict[str, float] | None, metric: str) -> str:
+    if r is None or math.isnan(r[metric]):
+        return "–"
+    return f"{r[metric]:.2f}" if metric in ("A.D.", "A.I.") else f"{r[metric]:.3f}"
+
+
+def _plot(results: dict[tuple[str, str], dict[str, float]], methods: list[str],
+          layers: list[str], shown: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(shown))
+    rows = math.ceil(len(shown) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, shown, strict=False):
+        for method in methods:
+            xs = [i for i, layer in enumerate(layers) if (method, layer) in results]
+            ys = [results[method, layers[i]][metric] for i in xs]
+            ax.plot(xs, ys, marker="o", label=method)
+        ax.set_xticks(range(len(layers)), layers, fontsize=8)
+        ax.set_title(metric, fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.set_axis_off()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
