@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import metrics
+from ..propagation import find_cam_layer
 from .methods import INPUT, METHODS, explainers
 
 #: Columns of the per-(method, layer) sum vector, in order.
@@ -61,13 +62,13 @@ class Settings:
 
 def default_layers(model: nn.Module) -> list[str]:
     """The paper's layers for the VGG16 layout (features 33, 23, 13, input); the stage
-    outputs below the last for ResNet-style models; otherwise only the input."""
+    outputs below the last for ResNet-style models; otherwise the CAM layer and the input."""
     names = dict(model.named_modules())
     if all(f"features.{i}" in names for i in (13, 23, 33, 43)):
         return ["features.33", "features.23", "features.13", INPUT]
     if all(f"layer{i}" in names for i in (1, 2, 3, 4)):
         return ["layer3", "layer2", "layer1", INPUT]
-    return [INPUT]
+    return [find_cam_layer(model), INPUT]
 
 
 def _shard(data: Dataset, rank: int, world: int) -> Dataset:
