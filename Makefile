@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench benchmark clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
+
+# The committed faithfulness tables in docs/benchmark (about 45 min on a 2-core CPU).
+benchmark: $(STAMP)
+	$(VENV)/bin/captum-fgcam benchmark --images 100 --out docs/benchmark/scenes-vgg16bn
+	$(VENV)/bin/captum-fgcam benchmark --model scenes-wall --images 50 --out docs/benchmark/scenes-wall
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from .data import ImageNetVal, SceneItems
 from .methods import METHODS
 from .runner import Settings, run, write_tables
 
-QUICK_IMAGES = 16
+QUICK_IMAGES = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -116,8 +115,7 @@ def run_command(args: argparse.Namespace) -> int:
             pixels_per_step=args.pixels_per_step,
             blur=(metrics.Blur(int(args.blur[0]), args.blur[1]) if args.blur
                   else metrics.Blur()),
-            use_softmax=not args.logits,
-            progress=sys.stderr.isatty())
+            use_softmax=not args.logits)
         results = run(model, data, settings,
                       None if unseen is None else unseen.to(device))
         if not dist.is_initialized() or dist.get_rank() == 0:
