@@ -380,15 +380,22 @@ def energy_proportion(attributions: Tensor, region: Tensor,
 def pointing_game(attributions: Tensor, region: Tensor, tolerance: float = 0,
                   image_size: tuple[int, int] | None = None) -> Tensor:
     """Pointing game (Zhang et al.), shape (N,) of 0./1.: 1 where the map's maximum lies within
-    Euclidean distance ``tolerance`` (pixels) of the region. Ties for the maximum: the first
-    pixel in row-major order. ``region`` and ``image_size`` as in :func:`energy_proportion`.
+    Euclidean distance ``tolerance`` (pixels) of the region. Ties for the maximum (the plateau
+    a coarse map gets when upsampled to the image): the tied pixel nearest to the tied pixels'
+    centroid, then the first in row-major order. ``region`` and ``image_size`` as in
+    :func:`energy_proportion`.
     """
     sal, mask = _map_and_mask(attributions, region, image_size)
     n, h, w = sal.shape
-    best = sal.flatten(1).argmax(dim=1)
+    ys = torch.arange(h, device=sal.device, dtype=sal.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=sal.device, dtype=sal.dtype).view(1, 1, w)
+    tied = sal == sal.flatten(1).amax(dim=1).view(n, 1, 1)
+    count = tied.flatten(1).sum(dim=1).view(n, 1, 1)
+    cy = (tied * ys).flatten(1).sum(dim=1).view(n, 1, 1) / count
+    cx = (tied * xs).flatten(1).sum(dim=1).view(n, 1, 1) / count
+    spread = torch.where(tied, (ys - cy) ** 2 + (xs - cx) ** 2, torch.inf)
+    best = spread.flatten(1).argmin(dim=1)
     py, px = (best // w).view(n, 1, 1), (best % w).view(n, 1, 1)
-    ys = torch.arange(h, device=sal.device).view(1, h, 1)
-    xs = torch.arange(w, device=sal.device).view(1, 1, w)
     near = (ys - py) ** 2 + (xs - px) ** 2 <= tolerance**2
     return (near & mask).flatten(1).any(dim=1).to(sal.dtype)
 

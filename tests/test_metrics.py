@@ -157,8 +157,13 @@ def test_pointing_game():
     far = torch.tensor([[0, 0, 4, 2]])        # nearest box pixel (x=3, y=1): distance sqrt(5)
     assert pointing_game(sal, far, tolerance=2).item() == 0
     assert pointing_game(sal, far, tolerance=2.3).item() == 1
-    ties = torch.ones(1, 8, 8)                # first maximum in row-major order: (0, 0)
-    assert pointing_game(ties, torch.tensor([[0, 0, 1, 1]])).item() == 1
+    ties = torch.ones(1, 8, 8)                # a plateau: its centre (3.5, 3.5) -> pixel (3, 3)
+    assert pointing_game(ties, torch.tensor([[3, 3, 4, 4]])).item() == 1
+    assert pointing_game(ties, torch.tensor([[0, 0, 1, 1]])).item() == 0
+    plateau = torch.zeros(1, 8, 8)
+    plateau[0, :3, 2:6] = 1.0                 # a coarse map's maximum cell, upsampled
+    assert pointing_game(plateau, torch.tensor([[3, 1, 5, 2]])).item() == 1  # centre (1, 3.5)
+    assert pointing_game(plateau, torch.tensor([[2, 0, 3, 1]])).item() == 0
 
 
 class Crop(nn.Module):
