@@ -105,6 +105,9 @@ class Rule(ABC):
 
     #: False for rules that only need the input's shape; lets in-place operations skip copies.
     uses_input_values: bool = True
+    #: True for rules that read recorded 4-D values in the channels-last memory format (the
+    #: layout relevance moves in after a convolution); only the layout changes, not the values.
+    channels_last: bool = False
 
     @abstractmethod
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
@@ -311,6 +314,8 @@ class WinnerTakeAllRule(Rule):
     puts the gradient, and relevance of windows whose maximum z_j is 0 is dropped.
     """
 
+    channels_last = True
+
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         (routed,) = vector_jacobian(
             call.function(), [call.x], lambda z: torch.where(z == 0, 0, relevance))
@@ -360,6 +365,8 @@ class SignAwareZRule(Rule):
     the contributions that share its sign, so a sum of large opposite terms never inflates
     relevance. Conserves relevance exactly wherever z_j != 0 (z_j = 0 drops R_j).
     """
+
+    channels_last = True
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         tensors = [call.inputs[p] for p in call.tensor_positions()]
@@ -436,6 +443,8 @@ class ZPlusRule(Rule):
     term is computed. ``epsilon`` > 0 stabilises the denominator as Zennit's ``ZPlus`` does
     (z_j + epsilon sign(z_j)); the reference uses none.
     """
+
+    channels_last = True
 
     def __init__(self, epsilon: float = 0.0) -> None:
         self.epsilon = epsilon

@@ -46,9 +46,9 @@ def _channels_last(values: dict[fx.Node, Any]) -> Callable[[fx.Node], Any]:
     """Look up recorded values, turning 4-D tensors into the channels-last memory format.
 
     Relevance moves channels-last (the layout convolutions run fastest in on CPU), so rules
-    that read recorded values get them in the same layout: element-wise arithmetic between
-    tensors of different layouts is slow. Each value is converted once and kept converted
-    (only the layout changes, not the values).
+    that ask for it (:attr:`Rule.channels_last`) read recorded values in the same layout:
+    element-wise arithmetic between tensors of different layouts is slow. Each value is
+    converted once and kept converted (only the layout changes, not the values).
     """
     def value(node: fx.Node) -> Any:
         v = values[node]
@@ -162,7 +162,7 @@ class FineGrainedUpsampler:
                 continue
             op = views.get(str(node.target)) if node.op == "call_module" else None
             rule = self._rule(node)
-            value = _channels_last(values) if rule.uses_input_values else values.__getitem__
+            value = _channels_last(values) if rule.channels_last else values.__getitem__
             call = Call(op or self._call_target(node), fx.node.map_arg(node.args, value),
                         fx.node.map_arg(dict(node.kwargs), value))
             for arg, r_in in zip(flat_args(node), rule.propagate(call, r_out), strict=True):
