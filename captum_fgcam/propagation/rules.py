@@ -236,7 +236,7 @@ def transpose_linear(module: Any, s: Tensor, weight: Tensor, x: Tensor) -> Tenso
 
 
 def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
-                 relevance: Tensor, epsilon: float = 0.0) -> Tensor:
+                 relevance: Tensor, epsilon: float = 0.0, joined: Tensor | None = None) -> Tensor:
     r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
 
     The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K
@@ -246,20 +246,23 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     added (whichever moves less memory). With ``epsilon`` > 0 the denominator is
     z_j + epsilon sign(z_j) instead of "0 where z_j = 0". Image tensors are processed in the
     channels-last memory format, which the convolution kernels run fastest in (values are
-    unchanged; only the layout differs).
+    unchanged; only the layout differs). ``joined``: ``torch.cat(xs, 1)`` if the caller has
+    it already (``xs`` then being its chunks).
     """
     layer = module.layer if isinstance(module, LinearView) else module
     is_conv = not isinstance(layer, nn.Linear)
-    if relevance.dim() == 4 and is_conv:
+    if relevance.dim() == 4 and is_conv and joined is None:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    if relevance.dim() == 4 and is_conv:
         relevance = relevance.contiguous(memory_format=torch.channels_last)
     f = linear_layer(module)
     dim = 1 if is_conv else -1  # the axis a layer sums over: channels, or features
     joint = len(xs) > 1 and getattr(layer, "groups", 1) == 1
 
     with torch.no_grad():
-        if joint and weights[0].shape[0] >= weights[0].shape[1]:
-            z = f(torch.cat(xs, dim=dim), torch.cat(weights, dim=1), None)
+        if _concatenates_inputs(layer, weights):
+            z = f(torch.cat(xs, dim=dim) if joined is None else joined,
+                  torch.cat(weights, dim=1), None)
         else:
             z = f(xs[0], weights[0], None)
             for x, w in zip(xs[1:], weights[1:], strict=True):
@@ -267,7 +270,10 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
         s = (relevance / _stabilise(z, epsilon) if epsilon
              else safe_divide(relevance, z, out=z))
         if joint:
-            x_all = _empty_like_cat(xs, dim) if is_conv else xs[0]
+            if joined is not None:
+                x_all = joined
+            else:  # only the shape and layout matter (a matrix product needs neither)
+                x_all = _empty_like_cat(xs, dim) if is_conv else xs[0]
             grads = transpose_linear(module, s, torch.cat(weights, dim=1), x_all).chunk(
                 len(xs), dim=dim)
             r = xs[0] * grads[0]
@@ -279,13 +285,24 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
         return r
 
 
-def _empty_like_cat(xs: list[Tensor], dim: int) -> Tensor:
-    """An uninitialised tensor with the shape and layout of ``torch.cat(xs, dim)``."""
+def _concatenates_inputs(layer: nn.Module, weights: list[Tensor]) -> bool:
+    """Whether linear_terms runs the forward terms as one convolution over concatenated
+    inputs (K > 1 terms, groups == 1, and the layer does not shrink the channels; otherwise
+    adding K outputs moves less memory than concatenating K inputs)."""
+    return (len(weights) > 1 and getattr(layer, "groups", 1) == 1
+            and weights[0].shape[0] >= weights[0].shape[1])
+
+
+def _empty_like_cat(xs: list[Tensor], dim: int,
+                    layout: torch.memory_format | None = None) -> Tensor:
+    """An uninitialised tensor with the shape of ``torch.cat(xs, dim)``, in ``layout``
+    (default: channels-last if the first of ``xs`` is a channels-last image batch)."""
     shape = list(xs[0].shape)
     shape[dim] = sum(x.shape[dim] for x in xs)
-    four_d_channels_last = xs[0].dim() == 4 and xs[0].is_contiguous(
-        memory_format=torch.channels_last)
-    layout = torch.channels_last if four_d_channels_last else torch.contiguous_format
+    if layout is None:
+        four_d_channels_last = xs[0].dim() == 4 and xs[0].is_contiguous(
+            memory_format=torch.channels_last)
+        layout = torch.channels_last if four_d_channels_last else torch.contiguous_format
     return torch.empty(shape, dtype=xs[0].dtype, device=xs[0].device, memory_format=layout)
 
 
@@ -444,8 +461,6 @@ class ZPlusRule(Rule):
     (z_j + epsilon sign(z_j)); the reference uses none.
     """
 
-    channels_last = True
-
     def __init__(self, epsilon: float = 0.0) -> None:
         self.epsilon = epsilon
 
@@ -453,13 +468,24 @@ class ZPlusRule(Rule):
         module, x = call.op, call.x
         w = module.weight.detach()
         layer = module.layer if isinstance(module, LinearView) else module
-        if x.dim() == 4 and not isinstance(layer, nn.Linear):  # see linear_terms
-            x = x.contiguous(memory_format=torch.channels_last)
-        if bool(x.min() < 0):
-            r = linear_terms(module, [x.clamp(min=0), x.clamp(max=0)],
-                             [w.clamp(min=0), w.clamp(max=0)], relevance, self.epsilon)
+        image = x.dim() == 4 and not isinstance(layer, nn.Linear)  # see linear_terms
+        layout = torch.channels_last if image else torch.contiguous_format
+        if not bool(x.min() < 0):
+            r = linear_terms(module, [x.contiguous(memory_format=layout)], [w.clamp(min=0)],
+                             relevance, self.epsilon)
+            return to_first_input(call, r)
+        weights = [w.clamp(min=0), w.clamp(max=0)]
+        # x^+ and x^- are written straight into the layout (and, where the forward term
+        # concatenates them, the buffer) linear_terms uses: no separate copies.
+        joined = None
+        if _concatenates_inputs(layer, weights):
+            joined = _empty_like_cat([x, x], dim=1, layout=layout)
+            parts = list(joined.chunk(2, dim=1))
         else:
-            r = linear_terms(module, [x], [w.clamp(min=0)], relevance, self.epsilon)
+            parts = [torch.empty_like(x, memory_format=layout) for _ in range(2)]
+        torch.clamp(x, min=0, out=parts[0])
+        torch.clamp(x, max=0, out=parts[1])
+        r = linear_terms(module, parts, weights, relevance, self.epsilon, joined=joined)
         return to_first_input(call, r)
 
 
