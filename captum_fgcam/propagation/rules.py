@@ -246,8 +246,8 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     added (whichever moves less memory). With ``epsilon`` > 0 the denominator is
     z_j + epsilon sign(z_j) instead of "0 where z_j = 0". Image tensors are processed in the
     channels-last memory format, which the convolution kernels run fastest in (values are
-    unchanged; only the layout differs). ``joined``: ``torch.cat(xs, 1)`` if the caller has
-    it already (``xs`` then being its chunks).
+    unchanged; only the layout differs). ``joined``: the inputs concatenated along that axis
+    (channels, or features), if the caller has them already (``xs`` then being its chunks).
     """
     layer = module.layer if isinstance(module, LinearView) else module
     is_conv = not isinstance(layer, nn.Linear)
@@ -479,8 +479,9 @@ class ZPlusRule(Rule):
         # concatenates them, the buffer) linear_terms uses: no separate copies.
         joined = None
         if _concatenates_inputs(layer, weights):
-            joined = _empty_like_cat([x, x], dim=1, layout=layout)
-            parts = list(joined.chunk(2, dim=1))
+            dim = -1 if isinstance(layer, nn.Linear) else 1  # the axis the layer sums over
+            joined = _empty_like_cat([x, x], dim=dim, layout=layout)
+            parts = list(joined.chunk(2, dim=dim))
         else:
             parts = [torch.empty_like(x, memory_format=layout) for _ in range(2)]
         torch.clamp(x, min=0, out=parts[0])
