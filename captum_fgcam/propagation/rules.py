@@ -105,6 +105,9 @@ class Rule(ABC):
 
     #: False for rules that only need the input's shape; lets in-place operations skip copies.
     uses_input_values: bool = True
+    #: True for rules that read recorded 4-D values in the channels-last memory format (the
+    #: layout relevance moves in after a convolution); only the layout changes, not the values.
+    channels_last: bool = False
 
     @abstractmethod
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
@@ -115,12 +118,15 @@ class Rule(ABC):
         return f"{type(self).__name__}({params})"
 
 
-def safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
+def safe_divide(numerator: Tensor, denominator: Tensor, out: Tensor | None = None) -> Tensor:
     """numerator / denominator, and 0 where the denominator is exactly 0.
 
-    (Division by 0 gives +-inf or NaN exactly there, which are then replaced by 0.)
+    (Division by 0 gives +-inf or NaN exactly there, which are then replaced by 0.) With
+    ``out`` (e.g. ``out=denominator`` when the denominator is not needed afterwards) the
+    quotient is written there instead of into new memory.
     """
-    return (numerator / denominator).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return torch.div(numerator, denominator, out=out).nan_to_num_(nan=0.0, posinf=0.0,
+                                                                   neginf=0.0)
 
 
 def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
@@ -230,36 +236,74 @@ def transpose_linear(module: Any, s: Tensor, weight: Tensor, x: Tensor) -> Tenso
 
 
 def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
-                 relevance: Tensor, epsilon: float = 0.0) -> Tensor:
+                 relevance: Tensor, epsilon: float = 0.0, joined: Tensor | None = None) -> Tensor:
     r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
 
-    The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K terms
-    run as one convolution over the channel-concatenated inputs and weights (one forward and
-    one transposed convolution instead of K of each). With ``epsilon`` > 0 the denominator
-    is z_j + epsilon sign(z_j) instead of "0 where z_j = 0". Image tensors are processed in the
+    The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K
+    transposed convolutions run as one, with the weights concatenated along the input
+    channels; the K forward terms run as one convolution over the channel-concatenated inputs
+    when the layer does not shrink the channels, else as K convolutions whose outputs are
+    added (whichever moves less memory). With ``epsilon`` > 0 the denominator is
+    z_j + epsilon sign(z_j) instead of "0 where z_j = 0". Image tensors are processed in the
     channels-last memory format, which the convolution kernels run fastest in (values are
-    unchanged; only the layout differs).
+    unchanged; only the layout differs). ``joined``: the inputs concatenated along that axis
+    (channels, or features), if the caller has them already (``xs`` then being its chunks).
     """
     layer = module.layer if isinstance(module, LinearView) else module
     is_conv = not isinstance(layer, nn.Linear)
-    if relevance.dim() == 4 and is_conv:
+    if relevance.dim() == 4 and is_conv and joined is None:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    if relevance.dim() == 4 and is_conv:
         relevance = relevance.contiguous(memory_format=torch.channels_last)
     f = linear_layer(module)
-
-    def scale(z: Tensor) -> Tensor:
-        return relevance / _stabilise(z, epsilon) if epsilon else safe_divide(relevance, z)
+    dim = 1 if is_conv else -1  # the axis a layer sums over: channels, or features
+    joint = len(xs) > 1 and getattr(layer, "groups", 1) == 1
 
     with torch.no_grad():
-        if len(xs) > 1 and getattr(layer, "groups", 1) == 1:
-            dim = 1 if is_conv else -1  # the axis a layer sums over: channels, or features
-            x_all, w_all = torch.cat(xs, dim=dim), torch.cat(weights, dim=1)
-            grad = transpose_linear(module, scale(f(x_all, w_all, None)), w_all, x_all)
-            grads = list(grad.chunk(len(xs), dim=dim))
+        if _concatenates_inputs(layer, weights):
+            z = f(torch.cat(xs, dim=dim) if joined is None else joined,
+                  torch.cat(weights, dim=1), None)
         else:
-            s = scale(_total(f(x, w, None) for x, w in zip(xs, weights, strict=True)))
+            z = f(xs[0], weights[0], None)
+            for x, w in zip(xs[1:], weights[1:], strict=True):
+                z += f(x, w, None)
+        s = (relevance / _stabilise(z, epsilon) if epsilon
+             else safe_divide(relevance, z, out=z))
+        if joint:
+            if joined is not None:
+                x_all = joined
+            else:  # only the shape and layout matter (a matrix product needs neither)
+                x_all = _empty_like_cat(xs, dim) if is_conv else xs[0]
+            grads = transpose_linear(module, s, torch.cat(weights, dim=1), x_all).chunk(
+                len(xs), dim=dim)
+            r = xs[0] * grads[0]
+        else:
             grads = [transpose_linear(module, s, w, x) for x, w in zip(xs, weights, strict=True)]
-        return _total(x * g for x, g in zip(xs, grads, strict=True))
+            r = grads[0].mul_(xs[0])
+        for x, g in zip(xs[1:], grads[1:], strict=True):
+            r.addcmul_(x, g)
+        return r
+
+
+def _concatenates_inputs(layer: nn.Module, weights: list[Tensor]) -> bool:
+    """Whether linear_terms runs the forward terms as one convolution over concatenated
+    inputs (K > 1 terms, groups == 1, and the layer does not shrink the channels; otherwise
+    adding K outputs moves less memory than concatenating K inputs)."""
+    return (len(weights) > 1 and getattr(layer, "groups", 1) == 1
+            and weights[0].shape[0] >= weights[0].shape[1])
+
+
+def _empty_like_cat(xs: list[Tensor], dim: int,
+                    layout: torch.memory_format | None = None) -> Tensor:
+    """An uninitialised tensor with the shape of ``torch.cat(xs, dim)``, in ``layout``
+    (default: channels-last if the first of ``xs`` is a channels-last image batch)."""
+    shape = list(xs[0].shape)
+    shape[dim] = sum(x.shape[dim] for x in xs)
+    if layout is None:
+        four_d_channels_last = xs[0].dim() == 4 and xs[0].is_contiguous(
+            memory_format=torch.channels_last)
+        layout = torch.channels_last if four_d_channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=xs[0].dtype, device=xs[0].device, memory_format=layout)
 
 
 def _total(terms: Iterable[Tensor]) -> Tensor:
@@ -286,6 +330,8 @@ class WinnerTakeAllRule(Rule):
     R_i = \sum_j [i = argmax_{window j} x] R_j [z_j \ne 0]; ties go where PyTorch's pooling
     puts the gradient, and relevance of windows whose maximum z_j is 0 is dropped.
     """
+
+    channels_last = True
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         (routed,) = vector_jacobian(
@@ -337,6 +383,8 @@ class SignAwareZRule(Rule):
     relevance. Conserves relevance exactly wherever z_j != 0 (z_j = 0 drops R_j).
     """
 
+    channels_last = True
+
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         tensors = [call.inputs[p] for p in call.tensor_positions()]
         if _is_plain_sum(call, tensors, relevance):
@@ -357,13 +405,17 @@ class SignAwareZRule(Rule):
 
     @staticmethod
     def _plain_sum(tensors: list[Tensor], relevance: Tensor) -> list[Tensor]:
-        """The same rule for z = a + b + ... of equal shapes, without autograd."""
+        r"""The same rule for z = a + b + ... of equal shapes, without autograd.
+
+        With s = sign(z), the contributions sharing the output's sign are c^{s} = s p with
+        p = max(0, s c) >= 0, so R_i = p_i R / \sum_i' p_i' (s cancels; s = 0 where z = 0
+        makes every p 0, and R is dropped there as the rule says).
+        """
         with torch.no_grad():
-            z = _total(tensors)
-            positive = z > 0
-            parts = [torch.where(positive, t.clamp(min=0), t.clamp(max=0)) for t in tensors]
-            ratio = safe_divide(relevance, _total(parts)).masked_fill_(z == 0, 0.0)
-            return [part * ratio for part in parts]
+            sign = torch.sign(_total(tensors)) if len(tensors) == 1 else _total(tensors).sign_()
+            parts = [(t * sign).clamp_(min=0) for t in tensors]
+            ratio = safe_divide(relevance, _total(parts))
+            return [part.mul_(ratio) for part in parts]
 
 
 _ADDITIONS = (operator.add, torch.add, "add")
@@ -418,13 +470,25 @@ class ZPlusRule(Rule):
         module, x = call.op, call.x
         w = module.weight.detach()
         layer = module.layer if isinstance(module, LinearView) else module
-        if x.dim() == 4 and not isinstance(layer, nn.Linear):  # see linear_terms
-            x = x.contiguous(memory_format=torch.channels_last)
-        if bool(x.min() < 0):
-            r = linear_terms(module, [x.clamp(min=0), x.clamp(max=0)],
-                             [w.clamp(min=0), w.clamp(max=0)], relevance, self.epsilon)
+        image = x.dim() == 4 and not isinstance(layer, nn.Linear)  # see linear_terms
+        layout = torch.channels_last if image else torch.contiguous_format
+        if not bool(x.min() < 0):
+            r = linear_terms(module, [x.contiguous(memory_format=layout)], [w.clamp(min=0)],
+                             relevance, self.epsilon)
+            return to_first_input(call, r)
+        weights = [w.clamp(min=0), w.clamp(max=0)]
+        # x^+ and x^- are written straight into the layout (and, where the forward term
+        # concatenates them, the buffer) linear_terms uses: no separate copies.
+        joined = None
+        if _concatenates_inputs(layer, weights):
+            dim = -1 if isinstance(layer, nn.Linear) else 1  # the axis the layer sums over
+            joined = _empty_like_cat([x, x], dim=dim, layout=layout)
+            parts = list(joined.chunk(2, dim=dim))
         else:
-            r = linear_terms(module, [x], [w.clamp(min=0)], relevance, self.epsilon)
+            parts = [torch.empty_like(x, memory_format=layout) for _ in range(2)]
+        torch.clamp(x, min=0, out=parts[0])
+        torch.clamp(x, max=0, out=parts[1])
+        r = linear_terms(module, parts, weights, relevance, self.epsilon, joined=joined)
         return to_first_input(call, r)
 
 

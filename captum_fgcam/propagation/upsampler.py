@@ -9,7 +9,7 @@ in R, so all C channels (and all N images) move in one pass, never one channel a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +40,24 @@ def flat_args(node: fx.Node) -> list[Any]:
     for arg in node.args:
         flat.extend(arg if isinstance(arg, (list, tuple)) else [arg])
     return flat
+
+
+def _channels_last(values: dict[fx.Node, Any]) -> Callable[[fx.Node], Any]:
+    """Look up recorded values, turning 4-D tensors into the channels-last memory format.
+
+    Relevance moves channels-last (the layout convolutions run fastest in on CPU), so rules
+    that ask for it (:attr:`Rule.channels_last`) read recorded values in the same layout:
+    element-wise arithmetic between tensors of different layouts is slow. Each value is
+    converted once and kept converted (only the layout changes, not the values).
+    """
+    def value(node: fx.Node) -> Any:
+        v = values[node]
+        if isinstance(v, Tensor) and v.dim() == 4 \
+                and not v.is_contiguous(memory_format=torch.channels_last):
+            v = values[node] = v.contiguous(memory_format=torch.channels_last)
+        return v
+
+    return value
 
 
 class FineGrainedUpsampler:
@@ -143,11 +161,11 @@ class FineGrainedUpsampler:
             if r_out is None:
                 continue
             op = views.get(str(node.target)) if node.op == "call_module" else None
-            call = Call(op or self._call_target(node),
-                        fx.node.map_arg(node.args, lambda a: values[a]),
-                        fx.node.map_arg(dict(node.kwargs), lambda a: values[a]))
-            for arg, r_in in zip(flat_args(node), self._rule(node).propagate(call, r_out),
-                                 strict=True):
+            rule = self._rule(node)
+            value = _channels_last(values) if rule.channels_last else values.__getitem__
+            call = Call(op or self._call_target(node), fx.node.map_arg(node.args, value),
+                        fx.node.map_arg(dict(node.kwargs), value))
+            for arg, r_in in zip(flat_args(node), rule.propagate(call, r_out), strict=True):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
         return r_out.contiguous() if r_out is not None else torch.zeros_like(values[stop])
