@@ -49,3 +49,24 @@ def layer_output(forward_func, layer, inputs) -> torch.Tensor:
     finally:
         handle.remove()
     return acts["a"]
+
+
+class Crop(nn.Module):
+    """Keeps the top half of the image: ``x[:, :, :H // 2]``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, : x.shape[2] // 2]
+
+
+class Cropped(nn.Module):
+    """A small CNN that sees only the top half of its input (slicing in front of the convs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crop = Crop()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(self.crop(x)).mean((2, 3)))

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from captum.metrics import infidelity, sensitivity_max
+from conftest import Cropped
 from torch import nn
 
 from captum_fgcam import FGGradCam
@@ -164,25 +165,6 @@ def test_pointing_game():
     plateau[0, :3, 2:6] = 1.0                 # a coarse map's maximum cell, upsampled
     assert pointing_game(plateau, torch.tensor([[3, 1, 5, 2]])).item() == 1  # centre (1, 3.5)
     assert pointing_game(plateau, torch.tensor([[2, 0, 3, 1]])).item() == 0
-
-
-class Crop(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, :, : x.shape[2] // 2]
-
-
-class Cropped(nn.Module):
-    """Sees only the top half of the image (as in tests/test_rules.py)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.crop = Crop()
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.crop(x)).mean((2, 3)))
 
 
 def test_unseen_mass():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from captum.attr import LRP
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule
-from conftest import image_batch, make_vgg
+from conftest import Cropped, image_batch, make_vgg
 from torch import nn
 
 from captum_fgcam import FGGradCam, FineGrainedUpsampler, PassRule, ZBoxRule
@@ -145,21 +145,6 @@ def test_sign_aware_sum_fast_path_equals_general_path():
 
 def test_slicing_routes_relevance_only_to_the_rows_it_keeps():
     """A model that crops its input (``x[:, :, :8]``) gets no relevance in the rows it drops."""
-
-    class Crop(nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x[:, :, : x.shape[2] // 2]
-
-    class Cropped(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.crop = Crop()
-            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-            self.head = nn.Linear(8, 4)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.features(self.crop(x)).mean((2, 3)))
 
     torch.manual_seed(0)
     model = Cropped().eval()
