@@ -28,6 +28,7 @@ from .propagation import (
     ZPlusRule,
     ZRule,
     find_cam_layer,
+    find_input_layer,
 )
 
 __version__ = "0.1.0"
@@ -38,5 +39,6 @@ __all__ = [
     "LayerCam", "ScoreCam", "XGradCam",
     "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule", "Rule",
     "RuleMap",
-    "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "svd_denoise",
+    "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "find_input_layer",
+    "svd_denoise",
 ]
