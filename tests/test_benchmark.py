@@ -34,6 +34,7 @@ def test_benchmark_command_writes_tables_with_values_in_range(tmp_path: Path) ->
     assert {m for m, _, _ in rows} == {"Grad-CAM", "FG-Grad-CAM", "LRP"}
     assert ("Grad-CAM", INPUT, "A.D.") not in rows  # plain CAMs have no input-layer map
     assert ("LRP", "features.23", "A.D.") not in rows  # LRP is compared at the input only
+    assert ("LRP", INPUT, "Unseen") not in rows  # the model has no region it cannot see
     for (_, _, metric), value in rows.items():
         low, high = {"A.D.": (0, 100), "A.I.": (0, 100), "Overall": (-1, 1)}.get(metric, (0, 1))
         assert low <= value <= high, (metric, value)
@@ -152,3 +153,17 @@ def test_run_is_per_image_so_sharding_cannot_change_results() -> None:
     for pair in whole:
         for metric, value in whole[pair].items():
             assert math.isclose(value, single[pair][metric], rel_tol=1e-4, abs_tol=1e-6)
+
+
+def test_unseen_metric_on_the_wall_model() -> None:
+    """Grad-CAM's upsampled map puts mass behind the wall; FG-Grad-CAM at the input none."""
+    from captum_fgcam import zoo
+    from captum_fgcam.benchmark.data import SceneItems
+
+    model = zoo.load_model("scenes-wall")
+    scenes = zoo.scenes("scenes-wall", "test", length=2)
+    settings = Settings(methods=["Grad-CAM", "FG-Grad-CAM"], steps=2, progress=False)
+    results = run(model, SceneItems(scenes), settings,
+                  unseen=model.unseen_mask(scenes.size, scenes.size))
+    assert results["FG-Grad-CAM", INPUT]["Unseen"] == 0
+    assert results["Grad-CAM", "features.28"]["Unseen"] > 0.05

@@ -30,7 +30,7 @@ from .methods import INPUT, METHODS, explainers
 
 #: Columns of the per-(method, layer) sum vector, in order.
 SUMS = ("images", "drop", "increase", "insertion", "deletion", "localisable", "proportion",
-        "pointing", "unseen")
+        "pointing", "walled", "unseen")
 #: Reported metrics: name -> (numerator, denominator, scale).
 REPORTED = {
     "A.D.": ("drop", "images", 1.0),
@@ -40,7 +40,7 @@ REPORTED = {
     "Overall": (None, "images", 1.0),
     "Proportion": ("proportion", "localisable", 1.0),
     "Pointing": ("pointing", "localisable", 1.0),
-    "Unseen": ("unseen", "images", 1.0),
+    "Unseen": ("unseen", "walled", 1.0),
 }
 
 
@@ -121,7 +121,8 @@ def _batch_sums(model: nn.Module, images: Tensor, labels: Tensor, maps: Tensor,
               else torch.zeros(len(images), device=images.device))
     values = [len(images), drop.drop.sum(), drop.increase.float().sum(),
               curves.insertion.sum(), curves.deletion.sum(), loc.sum(),
-              proportion[loc].sum(), pointing[loc].sum(), hidden.sum()]
+              proportion[loc].sum(), pointing[loc].sum(),
+              0 if unseen is None else len(images), hidden.sum()]
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
 
