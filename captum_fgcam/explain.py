@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib
-import importlib.util
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -194,15 +192,17 @@ def _checkpoint_model(path: Path, arch: str | None) -> LoadedModel:
 
 
 def _zoo_model(name: str) -> LoadedModel | None:
-    """A model from :mod:`captum_fgcam.zoo` (when the module exists), or None."""
-    if importlib.util.find_spec("captum_fgcam.zoo") is None:
+    """A model from :mod:`captum_fgcam.zoo` with the scenes' size, normalisation and class
+    names, or None for a name the zoo does not know."""
+    from . import zoo
+    from .datasets import Scenes
+
+    if name not in zoo.names():
         return None
-    zoo = importlib.import_module("captum_fgcam.zoo")
-    try:
-        model = zoo.load_model(name)
-    except (KeyError, ValueError):
-        return None
-    return LoadedModel(model, name, Preprocessing())
+    data = zoo.scenes(name)
+    preprocessing = Preprocessing(resize=data.size, crop=data.size, mean=Scenes.mean,
+                                  std=Scenes.std)
+    return LoadedModel(zoo.load_model(name), name, preprocessing, list(Scenes.classes))
 
 
 def load_model(name: str, weights: str | None = None, arch: str | None = None) -> LoadedModel:

@@ -3,9 +3,6 @@ visualisation helpers."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import sys
-import types
 import urllib.error
 from pathlib import Path
 
@@ -145,27 +142,19 @@ def test_checkpoint(image, tmp_path, capsys):
     assert "save model.state_dict()" in line
 
 
-def test_zoo_names(image, tmp_path, monkeypatch, capsys):
-    """Names from captum_fgcam.zoo (when it exists) are models too."""
-    def load_model(name: str) -> nn.Module:
-        if name != "tiny":
-            raise KeyError(name)
-        return tiny_cnn()
-
-    zoo = types.ModuleType("captum_fgcam.zoo")
-    zoo.__spec__ = importlib.machinery.ModuleSpec("captum_fgcam.zoo", None)
-    zoo.load_model = load_model
-    monkeypatch.setitem(sys.modules, "captum_fgcam.zoo", zoo)
+def test_zoo_names(image, tmp_path, capsys):
+    """The zoo's names are models, with the scenes' size and class names."""
     out = tmp_path / "fig.png"
-    assert explain(image, "--model", "tiny", "--size", "32", "--out", out,
-                   "--method", "fg-score-cam", "--method", "score-cam",
-                   "--method", "layer-cam") == 0
-    assert png_shape(out)[:2] == (int((3 * 2.0 + 0.8) * DPI), 3 * 2 * DPI)
-    assert explain(image, "--model", "tiny", "--size", "32", "--out", out,
-                   "--method", "grad-cam") == 0
-    assert png_shape(out)[:2] == (int(2.8 * DPI), 2 * 2 * DPI)  # no Grad-CAM at the input
-    assert explain(image, "--model", "tinyy") == 2
-    assert "unknown model 'tinyy'" in error_line(capsys)
+    assert explain(image, "--model", "scenes-vgg16bn", "--target", "square", "--out", out,
+                   "--method", "fg-grad-cam", "--method", "grad-cam",
+                   "--layer", "features.13", "--layer", "input", "--maps",
+                   tmp_path / "maps.pt") == 0
+    maps = torch.load(tmp_path / "maps.pt", weights_only=True)
+    assert maps["targets"] == [1]  # Scenes.classes.index("square")
+    assert maps["maps"]["FG-Grad-CAM"]["input"].shape[-2:] == (96, 96)
+    assert maps["maps"]["FG-Grad-CAM"]["features.13"].shape[-2:] == (24, 24)
+    assert explain(image, "--model", "scenes-vgg16bnn") == 2
+    assert "unknown model 'scenes-vgg16bnn'" in error_line(capsys)
 
 
 @pytest.mark.parametrize("args, expected", [
