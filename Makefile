@@ -21,10 +21,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 
-# The committed faithfulness tables in docs/benchmark (about 45 min on a 2-core CPU).
+# The committed faithfulness tables in docs/benchmark (about 20 min on a quiet 2-core CPU).
 benchmark: $(STAMP)
-	$(VENV)/bin/captum-fgcam benchmark --images 100 --out docs/benchmark/scenes-vgg16bn
-	$(VENV)/bin/captum-fgcam benchmark --model scenes-wall --images 50 --out docs/benchmark/scenes-wall
+	$(VENV)/bin/captum-fgcam benchmark --images 500 --out docs/benchmark/scenes-vgg16bn
+	$(VENV)/bin/captum-fgcam benchmark --model scenes-wall --images 100 --out docs/benchmark/scenes-wall
 
 clean:
 	rm -rf $(VENV) build *.egg-info
