@@ -58,15 +58,28 @@ class Crop(nn.Module):
         return x[:, :, : x.shape[2] // 2]
 
 
-class Cropped(nn.Module):
-    """A small CNN that sees only the top half of its input (slicing in front of the convs)."""
+class Wall(nn.Module):
+    """Multiplies 16 x 16 images by a fixed 0/1 mask that hides rows 8 to 15."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.crop = Crop()
+        visible = torch.ones(1, 1, 16, 16)
+        visible[..., 8:, :] = 0
+        self.register_buffer("visible", visible)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.visible
+
+
+class BehindFront(nn.Module):
+    """A small CNN behind a ``front`` module that hides part of the image (Crop, Wall)."""
+
+    def __init__(self, front: nn.Module) -> None:
+        super().__init__()
+        self.front = front
         self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
                                       nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
         self.head = nn.Linear(8, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(self.crop(x)).mean((2, 3)))
+        return self.head(self.features(self.front(x)).mean((2, 3)))

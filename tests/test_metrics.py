@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from captum.metrics import infidelity, sensitivity_max
-from conftest import Cropped
+from conftest import BehindFront, Crop
 from torch import nn
 
 from captum_fgcam import FGGradCam
@@ -175,12 +175,12 @@ def test_unseen_mass():
     # a model that cannot see the bottom half: Grad-CAM, stretched over the whole image, puts
     # mass there ("seeing through walls"); FG-Grad-CAM follows the crop and puts none
     torch.manual_seed(0)
-    model = Cropped().eval()
+    model = BehindFront(Crop()).eval()
     x = torch.randn(2, 3, 16, 16)
     gradcam = LayerGradCam(model, model.features[2]).attribute(x, 1, relu_attributions=True)
     assert gradcam.shape == (2, 1, 8, 16)
     assert (unseen_mass(gradcam, unseen) > 0.2).all()
-    fg = FGGradCam(model, model.crop).attribute(x, 1, attribute_to_layer_input=True)
+    fg = FGGradCam(model, model.front).attribute(x, 1, attribute_to_layer_input=True)
     assert fg.shape == (2, 1, 16, 16)
     assert torch.equal(unseen_mass(fg, unseen), torch.zeros(2))
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from captum.attr import LRP
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule, IdentityRule
-from conftest import Cropped, image_batch, make_vgg
+from conftest import BehindFront, Crop, Wall, image_batch, make_vgg
 from torch import nn
 
 from captum_fgcam import FGGradCam, FineGrainedUpsampler, PassRule, ZBoxRule
@@ -147,9 +147,9 @@ def test_slicing_routes_relevance_only_to_the_rows_it_keeps():
     """A model that crops its input (``x[:, :, :8]``) gets no relevance in the rows it drops."""
 
     torch.manual_seed(0)
-    model = Cropped().eval()
+    model = BehindFront(Crop()).eval()
     x = torch.randn(2, 3, 16, 16)
-    full = FGGradCam(model, model.crop).attribute(x, target=1, attribute_to_layer_input=True)
+    full = FGGradCam(model, model.front).attribute(x, target=1, attribute_to_layer_input=True)
     cropped = FGGradCam(model, model.features[0]).attribute(x, target=1,
                                                              attribute_to_layer_input=True)
     assert full.shape == (2, 1, 16, 16)
@@ -162,35 +162,14 @@ def test_a_constant_zero_gate_passes_no_relevance_and_the_image_rule_looks_throu
     """A fixed 0/1 mask in front of the first convolution (a model that cannot see the lower
     rows): no relevance reaches the masked pixels, and the convolution still gets z^B."""
 
-    class Wall(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            visible = torch.ones(1, 1, 16, 16)
-            visible[..., 8:, :] = 0
-            self.register_buffer("visible", visible)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x * self.visible
-
-    class Walled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.wall = Wall()
-            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-                                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
-            self.head = nn.Linear(8, 4)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(self.features(self.wall(x)).mean((2, 3)))
-
     torch.manual_seed(0)
-    model = Walled().eval()
+    model = BehindFront(Wall()).eval()
     x = torch.randn(2, 3, 16, 16)
-    assert find_input_layer(model) == "wall"
-    up = FineGrainedUpsampler(model, model.features[3], model.wall)
+    assert find_input_layer(model) == "front"
+    up = FineGrainedUpsampler(model, model.features[3], model.front)
     first = next(n for n in up.traced.nodes if n.target == "features.0")
     assert isinstance(up.rules.rule_for(up._site(first)), ZBoxRule)
-    image = FGGradCam(model, "wall").attribute(x, target=1, attribute_to_layer_input=True)
+    image = FGGradCam(model, "front").attribute(x, target=1, attribute_to_layer_input=True)
     behind = FGGradCam(model, "features.0").attribute(x, target=1,
                                                        attribute_to_layer_input=True)
     assert behind[:, :, 8:].abs().sum() > 0  # z^B gives the masked zeros relevance ...
