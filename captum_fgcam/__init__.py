@@ -15,14 +15,18 @@ from .attr import (
 from .denoising import svd_denoise
 from .propagation import (
     AlphaOneBetaZeroRule,
+    ArithmeticRule,
+    CaptureError,
     EpsilonRule,
     FineGrainedUpsampler,
     GammaRule,
     LayerError,
     MissingRuleError,
     PassRule,
+    RoutingRule,
     Rule,
     RuleMap,
+    SignAwareZRule,
     WinnerTakeAllRule,
     ZBoxRule,
     ZPlusRule,
@@ -35,10 +39,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLRP", "LRP", "SGLRP",
-    "AlphaOneBetaZeroRule", "EpsilonRule", "FGCam", "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
+    "AlphaOneBetaZeroRule", "ArithmeticRule", "CaptureError", "EpsilonRule", "FGCam",
+    "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
     "LayerCam", "ScoreCam", "XGradCam",
-    "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule", "Rule",
-    "RuleMap",
+    "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule",
+    "RoutingRule", "Rule", "RuleMap", "SignAwareZRule",
     "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "find_input_layer",
     "svd_denoise",
 ]

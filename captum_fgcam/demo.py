@@ -30,7 +30,7 @@ def figure_maps(model: torch.nn.Module, x: torch.Tensor,
                 target: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """``maps[method][column]`` for the figure (plain CAMs have no map at the input)."""
     maps: dict[str, dict[str, torch.Tensor]] = {row: {} for row in ROWS}
-    for (method, layer), explain in explainers(model, ROWS, LAYERS).items():
+    for (method, layer), explain in explainers(model, ROWS, LAYERS, x).items():
         side = x.shape[-1] if layer == INPUT else None
         label = f"input ({side}x{side})" if side else layer
         maps[method][label] = explain(x, target).detach()

@@ -298,7 +298,7 @@ def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str
 def compute_maps(model: nn.Module, x: Tensor, targets: list[int], methods: Sequence[str],
                  layers: Sequence[str], denoise: bool = False) -> dict[str, dict[str, Tensor]]:
     """``maps[row label][layer] = N x 1 x h x w``; plain CAMs have no map at the input."""
-    first = find_input_layer(model)
+    first = find_input_layer(model, x[:1])
     target = torch.tensor(targets)
     maps: dict[str, dict[str, Tensor]] = {}
     for method in methods:
@@ -378,7 +378,7 @@ def explain(args: argparse.Namespace) -> None:
     with torch.no_grad():
         logits = model(x)
     targets = resolve_target(args.target, logits, loaded.categories)
-    cam_layer = find_cam_layer(model)
+    cam_layer = find_cam_layer(model, x[:1])
     layers = resolve_layers(model, args.layers, cam_layer)
     methods = list(dict.fromkeys(args.methods or ["fg-grad-cam"]))
     maps = compute_maps(model, x, targets, methods, layers, args.denoise)

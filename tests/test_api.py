@@ -14,6 +14,7 @@ from captum_fgcam import (
     FGGradCam,
     LayerError,
     MissingRuleError,
+    PassRule,
     find_cam_layer,
 )
 
@@ -27,6 +28,8 @@ def test_default_cam_layer_is_last_maxpool(vgg16bn, vgg11bn):
     assert find_cam_layer(vgg16bn) == "features.43"
     assert find_cam_layer(vgg11bn) == "features.28"
     fg = FGGradCam(vgg16bn, vgg16bn.features[13])
+    assert fg.cam_layer is None  # found on each call, from the operations the input runs
+    fg.attribute(image_batch(1, 64, 64), 0)
     assert fg.cam_layer is vgg16bn.features[43]
 
 
@@ -90,7 +93,7 @@ def test_clear_errors(vgg11bn):
     with pytest.raises(LayerError, match="no submodule named"):
         FGGradCam(vgg11bn, "features.99")
     with pytest.raises(LayerError, match="comes after the CAM layer"):
-        FGGradCam(vgg11bn, vgg11bn.classifier[0])
+        FGGradCam(vgg11bn, vgg11bn.classifier[0]).attribute(x, 0)
     with pytest.raises(TypeError, match="nn.Module"):
         FGGradCam(lambda t: vgg11bn(t), vgg11bn.features[0])
     with pytest.raises(ValueError, match="unknown CAM weighting"):
@@ -104,9 +107,12 @@ def test_clear_errors(vgg11bn):
         fg.attribute(x[:0], 0)
 
 
-def test_missing_rule_names_the_module_and_the_fix():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softplus(), nn.ReLU(), nn.MaxPool2d(2),
+def test_missing_rule_names_the_operation_and_a_fix_that_works():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Softmin(dim=1), nn.ReLU(), nn.MaxPool2d(2),
                           nn.Flatten(), nn.Linear(4 * 15 * 15, 2)).eval()
     fg = FGGradCam(model, model[0], cam_layer=model[3])
-    with pytest.raises(MissingRuleError, match=r"Softplus.*rules=\{Softplus: PassRule\(\)\}"):
-        fg.attribute(image_batch(1, 32, 32), 0, attribute_to_layer_input=True)
+    x = image_batch(1, 32, 32)
+    with pytest.raises(MissingRuleError, match=r"softmin.*rules=\{'softmin': PassRule\(\)\}"):
+        fg.attribute(x, 0, attribute_to_layer_input=True)
+    fixed = FGGradCam(model, model[0], cam_layer=model[3], rules={"softmin": PassRule()})
+    assert torch.isfinite(fixed.attribute(x, 0, attribute_to_layer_input=True)).all()

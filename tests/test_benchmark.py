@@ -50,7 +50,8 @@ def test_default_layers_follow_the_paper_for_the_vgg_layout() -> None:
         "features.33", "features.23", "features.13", INPUT]
     assert default_layers(zoo.load_model("scenes-resnet")) == ["layer3", "layer2", "layer1",
                                                                INPUT]
-    assert default_layers(zoo.load_model("scenes-wall")) == ["features.28", INPUT]
+    scene = torch.zeros(1, 3, 96, 96)
+    assert default_layers(zoo.load_model("scenes-wall"), scene) == ["features.28", INPUT]
 
 
 def test_every_method_explains_at_every_layer_it_claims() -> None:

@@ -28,8 +28,8 @@ def reference_map(model, x, components, index: int) -> torch.Tensor:
 
 def ours(cls, model, x, target, index: int, **kwargs) -> torch.Tensor:
     layer = model.features[0] if index == -1 else model.features[index]
-    return cls(model, layer).attribute(x, target=target, attribute_to_layer_input=index == -1,
-                                       **kwargs)
+    return cls(model, layer, rules="reference").attribute(
+        x, target=target, attribute_to_layer_input=index == -1, **kwargs)
 
 
 VGG16_LAYERS = [43, 33, 23, 13, -1]
@@ -80,7 +80,7 @@ def test_fg_score_cam_matches_reference_vgg16bn(vgg16bn, score_case, index, deno
     if denoise:
         comps = reference.denoise(comps, denoise_rank_count(0.1, 512, 4))
     fg = FGScoreCam(vgg16bn, vgg16bn.features[0] if index == -1 else vgg16bn.features[index],
-                    batch_size=256)
+                    batch_size=256, rules="reference")
     got = fg.attribute(x, target=target, attribute_to_layer_input=index == -1, denoise=denoise)
     assert_close_to_reference(got, reference_map(vgg16bn, x, comps, index))
 

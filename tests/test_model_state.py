@@ -93,7 +93,6 @@ def test_failure_leaves_model_unchanged(model, where):
     with pytest.warns(UserWarning), pytest.raises(error):
         fg.attribute(x, 1, attribute_to_layer_input=True)
     assert_unchanged(model, before)
-    assert fg.upsampler.forward.values is None  # no activation stays referenced
     if where in ("forward", "interrupt"):
         handle.remove()
     assert user_hook_calls  # the user's own hook ran and is still registered

@@ -129,18 +129,18 @@ def test_sign_aware_sum_fast_path_equals_general_path():
 
     torch.manual_seed(0)
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
-    b[0, 0, 0, 0] = -a[0, 0, 0, 0]  # z = 0: relevance dropped on both paths
+    b[0, 0, 0, 0] = -a[0, 0, 0, 0]  # z = 0: dropped (reference) or shared evenly (default)
     relevance = torch.randn(2, 3, 4, 4)
-    rule = SignAwareZRule()
-    fast = rule.propagate(Call(operator.add, (a, b)), relevance)
-    general = rule.propagate(Call(torch.add, (a, b), {"alpha": 1}), relevance)
-    for f, g in zip(fast, general, strict=True):
-        assert torch.allclose(f, g, atol=1e-6)
-    assert fast[0][0, 0, 0, 0] == 0 and fast[1][0, 0, 0, 0] == 0
-    z = a + b
-    keep = z != 0
-    total = (fast[0] + fast[1])[keep].sum()
-    assert torch.allclose(total, relevance[keep].sum(), rtol=1e-5)  # conserved where z != 0
+    keep = a + b != 0
+    for rule in (SignAwareZRule(fallback=False), SignAwareZRule()):
+        fast = rule.propagate(Call(operator.add, (a, b)), relevance)
+        general = rule.propagate(Call(torch.add, (a, b), {"alpha": 1}), relevance)
+        for f, g in zip(fast, general, strict=True):
+            assert torch.allclose(f, g, atol=1e-6)
+        total = (fast[0] + fast[1])[keep].sum()
+        assert torch.allclose(total, relevance[keep].sum(), rtol=1e-5)  # conserved: z != 0
+        zero = relevance[0, 0, 0, 0] / 2 if rule.fallback else 0.0
+        assert fast[0][0, 0, 0, 0] == zero and fast[1][0, 0, 0, 0] == zero
 
 
 def test_slicing_routes_relevance_only_to_the_rows_it_keeps():
@@ -165,10 +165,11 @@ def test_a_constant_zero_gate_passes_no_relevance_and_the_image_rule_looks_throu
     torch.manual_seed(0)
     model = BehindFront(Wall()).eval()
     x = torch.randn(2, 3, 16, 16)
-    assert find_input_layer(model) == "front"
+    assert find_input_layer(model, x) == "front"
     up = FineGrainedUpsampler(model, model.features[3], model.front)
-    first = next(n for n in up.traced.nodes if n.target == "features.0")
-    assert isinstance(up.rules.rule_for(up._site(first)), ZBoxRule)
+    span = up.span(up.capture((x,)), attribute_to_layer_input=True)
+    first = next(n for n in span.rules if n.target == "features.0")
+    assert isinstance(span.rules[first], ZBoxRule)
     image = FGGradCam(model, "front").attribute(x, target=1, attribute_to_layer_input=True)
     behind = FGGradCam(model, "features.0").attribute(x, target=1,
                                                        attribute_to_layer_input=True)

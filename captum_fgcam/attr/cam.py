@@ -17,6 +17,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._state import preserved_state
+from ..propagation.capture import scores_of, unwrap
 from ..weightings import ScoreCamWeighting, grad_cam_plus_plus, layer_cam, xgrad_cam
 from .validation import check_inputs
 
@@ -41,13 +42,13 @@ class _PlainCam(LayerAttribution, GradientAttribution):
                 f"{type(self).__name__} weights a layer's output channels; pass the module "
                 "whose output you want as layer instead of attribute_to_layer_input=True")
         inputs = _format_tensor_into_tuples(inputs)
-        model = self.forward_func if isinstance(self.forward_func, nn.Module) else None
-        if model is not None:
-            check_inputs(model, inputs, None)
         extra = _format_additional_forward_args(additional_forward_args)
-        if model is not None:
+        if isinstance(self.forward_func, nn.Module):
+            model = unwrap(self.forward_func)
+            check_inputs(model, inputs)
             with preserved_state(model):
-                components = self.weighting(model, self.layer, inputs, target, extra)
+                components = self.weighting(lambda *a: scores_of(model(*a)), self.layer, inputs,
+                                            target, extra)
         else:
             components = self.weighting(self.forward_func, self.layer, inputs, target, extra)
         cam = components.sum(dim=1, keepdim=True) if attr_dim_summation else components

@@ -10,23 +10,30 @@ optionally after SVD denoising of E (``denoise=True``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum._utils.common import (
+    _format_additional_forward_args,
+    _format_tensor_into_tuples,
+    _select_targets,
+)
 from captum._utils.typing import TargetType
-from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
+from captum.attr import LayerAttribution
+from captum.attr._utils.attribution import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._batching import take, take_all
 from .._state import preserved_state
 from ..denoising import svd_denoise
-from ..propagation.graph import LayerRef, find_cam_layer, require_module, resolve_module
+from ..propagation.capture import scores_of, unwrap
+from ..propagation.graph import LayerRef, cam_layer_in, require_module, resolve_module
 from ..propagation.presets import RuleMap
 from ..propagation.upsampler import FineGrainedUpsampler
-from ..weightings import ScoreCamWeighting, get_weighting
+from ..weightings import GradientWeighting, ScoreCamWeighting, Weighting, get_weighting
+from ..weightings import requires_target as weighting_requires_target
 from .validation import check_inputs, check_target
 
 
@@ -34,35 +41,40 @@ class FGCam(LayerAttribution, GradientAttribution):
     r"""Fine-grained CAM for any CAM weighting, at any layer before the CAM layer.
 
     Args:
-        forward_func: the model (an ``nn.Module``; FG-CAM traces its graph).
+        forward_func: the model (an ``nn.Module``; ``DataParallel``, DDP, ``torch.compile``
+            and Hugging Face models returning ``.logits`` are accepted).
         layer: where the map is returned (module or dotted name), Captum's meaning of
             ``layer``: its output, or its input with ``attribute_to_layer_input=True``.
         weighting: "grad_cam" (default), "score_cam", "grad_cam++", "xgrad_cam",
-            "layer_cam", or a callable ``(forward_func, cam_layer, inputs, target,
-            additional_forward_args) -> components`` (N x C x h x w at the CAM layer) that
-            runs the model through ``forward_func`` and reads the CAM layer's output from the
-            ``layer`` it is given (a stand-in module that sees that output; hook it as usual).
+            "layer_cam", or a :class:`~captum_fgcam.weightings.Weighting`: a callable
+            ``(forward_func, cam_layer, inputs, target, additional_forward_args) ->
+            components`` (N x C x h x w at the CAM layer) that runs the model through
+            ``forward_func`` (any number of times, on any inputs) and reads the CAM layer's
+            output by hooking ``cam_layer``, the model's own module.
         cam_layer: where channel weights are computed; default: the last module with a
-            spatial output before global pooling / flatten (VGG: ``features[43]``).
+            spatial output before global pooling / flatten (VGG: ``features[43]``), found on
+            each call from the operations the input runs through (``self.cam_layer`` is then
+            the module last used).
         rules: relevance rules (see :class:`FineGrainedUpsampler`); default: the paper's.
         device_ids: as in Captum (for ``DataParallel`` models).
         fold_batchnorm: see :class:`FineGrainedUpsampler` (default False, as the reference).
     """
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
-                 weighting: str | Callable[..., Tensor] = "grad_cam",
+                 weighting: str | Weighting = "grad_cam",
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  device_ids: list[int] | None = None, fold_batchnorm: bool = False) -> None:
         require_module(forward_func)
         model = forward_func
-        LayerAttribution.__init__(self, model, resolve_module(model, layer), device_ids)
+        module = unwrap(model)
+        require_module(module)
+        LayerAttribution.__init__(self, model, resolve_module(module, layer), device_ids)
         GradientAttribution.__init__(self, model)
-        cam = find_cam_layer(model) if cam_layer is None else cam_layer
-        self.cam_layer = resolve_module(model, cam)
+        self.module = module
+        self.cam_layer = None if cam_layer is None else resolve_module(module, cam_layer)
         self.weighting = get_weighting(weighting)
-        self._builtin_weighting = isinstance(weighting, (str, ScoreCamWeighting))
-        self.upsampler = FineGrainedUpsampler(model, cam, layer, rules, fold_batchnorm)
+        self.upsampler = FineGrainedUpsampler(model, cam_layer, layer, rules, fold_batchnorm)
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
@@ -95,7 +107,7 @@ class FGCam(LayerAttribution, GradientAttribution):
             >>> attr = fg.attribute(x, target=labels)   # N x 1 x 56 x 56 at 224 px
         """
         inputs = _format_tensor_into_tuples(inputs)
-        check_inputs(self.forward_func, inputs, self.upsampler.image_rank)
+        check_inputs(self.module, inputs)
         extra = _format_additional_forward_args(additional_forward_args)
         n = inputs[0].shape[0]
         step = n if internal_batch_size is None else internal_batch_size
@@ -116,26 +128,55 @@ class FGCam(LayerAttribution, GradientAttribution):
     def _attribute_chunk(self, inputs: tuple[Tensor, ...], target: TargetType,
                          additional_forward_args: tuple[Any, ...] | None, to_input: bool,
                          denoise: bool, denoise_rank: float | int) -> Tensor:
-        """One forward pass and one propagation for a batch of examples."""
-        up = self.upsampler
+        """One recorded forward pass of the real input, the weighting, one propagation."""
+        up, module = self.upsampler, self.module
         n = inputs[0].shape[0]
-        with preserved_state(self.forward_func):
-            try:
-                def check(output: Any) -> None:
-                    check_target(target, n, output, required=self._builtin_weighting)
+        gradient = isinstance(self.weighting, GradientWeighting)
+        with preserved_state(module):
+            if gradient:  # the recorded pass also gives A and dy/dA: no second forward
+                inputs = tuple(x.detach().requires_grad_(True).clone() for x in inputs)
+            cap = up.capture(inputs, additional_forward_args, grad=gradient)
+            cam_name = up.from_name or cam_layer_in(cap, module)
+            self.cam_layer = module.get_submodule(cam_name)
+            span = up.span(cap, to_input, cam_name)
+            scores = scores_of(cap.output)
+            check_target(target, n, scores, required=weighting_requires_target(self.weighting))
+            if gradient:
+                activation = cap.live[cam_name]
+                with torch.enable_grad():
+                    score = _select_targets(scores, target).sum()
+                (grad,) = torch.autograd.grad(score, activation)
+                components = self.weighting.components(activation.detach(), grad.detach())
+            else:
+                cap.output = scores = None
 
-                with up.forward.recording(check=check):
-                    components = self.weighting(up.forward, up.tap, inputs, target,
-                                                additional_forward_args)
-                if up.forward.values is None:
-                    raise RuntimeError(
-                        "the CAM weighting never called forward_func; a custom weighting must "
-                        "run the model through the forward_func it is given")
-                if denoise:
-                    components = svd_denoise(components, denoise_rank)
-                return up.propagate(components, to_input)
-            finally:
-                up.forward.release()
+                def forward(*args: Any) -> Tensor:
+                    return scores_of(module(*args))
+
+                if hasattr(self.weighting, "from_activation"):  # reuses the recorded A
+                    components = self.weighting.from_activation(
+                        forward, span.activation(), inputs, target, additional_forward_args)
+                else:
+                    components = self.weighting(forward, module.get_submodule(cam_name), inputs,
+                                                target, additional_forward_args)
+            cap.live.clear()
+            components = _checked_components(components, span.activation(), self.weighting)
+            if denoise:
+                components = svd_denoise(components, denoise_rank)
+            return up.propagate(span, components)
+
+
+def _checked_components(components: Any, activation: Tensor, weighting: Any) -> Tensor:
+    """The weighting's result as a tensor of the CAM layer's shape, or an error naming it."""
+    if not isinstance(components, Tensor):
+        raise TypeError(
+            f"the CAM weighting {weighting!r} returned {type(components).__name__}; it must "
+            f"return a torch.Tensor of the CAM layer's output shape {tuple(activation.shape)}")
+    if components.shape != activation.shape:
+        raise ValueError(
+            f"the CAM weighting returned shape {tuple(components.shape)}; the CAM layer's "
+            f"output has shape {tuple(activation.shape)} (one value per element)")
+    return components.detach().to(activation.dtype)
 
 
 class FGGradCam(FGCam):
@@ -144,8 +185,9 @@ class FGGradCam(FGCam):
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 device_ids: list[int] | None = None) -> None:
-        super().__init__(forward_func, layer, "grad_cam", cam_layer, rules, device_ids)
+                 device_ids: list[int] | None = None, fold_batchnorm: bool = False) -> None:
+        super().__init__(forward_func, layer, "grad_cam", cam_layer, rules, device_ids,
+                         fold_batchnorm)
 
 
 class FGScoreCam(FGCam):
@@ -158,6 +200,6 @@ class FGScoreCam(FGCam):
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  batch_size: int = 64, device_ids: list[int] | None = None,
-                 variant: str = "reference") -> None:
+                 variant: str = "reference", fold_batchnorm: bool = False) -> None:
         super().__init__(forward_func, layer, ScoreCamWeighting(batch_size, variant), cam_layer,
-                         rules, device_ids)
+                         rules, device_ids, fold_batchnorm)

@@ -22,14 +22,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
+from captum._utils.common import _format_tensor_into_tuples
 from captum._utils.typing import TargetType
 from captum.attr._utils.attribution import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._state import preserved_state
-from ..propagation.graph import LayerRef, find_output_layer, resolve_module
+from ..propagation.capture import unwrap
+from ..propagation.graph import LayerRef, producing_module, require_module, resolve_module
 from ..propagation.presets import RuleMap
 from ..propagation.rules import LinearView, safe_divide
 from ..propagation.upsampler import FineGrainedUpsampler
@@ -79,11 +80,14 @@ class LRP(LayerAttribution):
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  output_layer: LayerRef | None = None, fold_batchnorm: bool = False) -> None:
+        require_module(forward_func)
         model = forward_func
-        super().__init__(model, resolve_module(model, layer))
-        out = find_output_layer(model) if output_layer is None else output_layer
-        self.output_layer = resolve_module(model, out)
-        self.upsampler = FineGrainedUpsampler(model, out, layer, rules, fold_batchnorm)
+        module = unwrap(model)
+        require_module(module)
+        super().__init__(model, resolve_module(module, layer))
+        self.module = module
+        self.output_layer = None if output_layer is None else resolve_module(module, output_layer)
+        self.upsampler = FineGrainedUpsampler(model, output_layer, layer, rules, fold_batchnorm)
 
     def initial_relevances(self, logits: Tensor, target: TargetType) -> list[Tensor]:
         """R0 for each propagation this method needs (here one: onehot_c * y_c)."""
@@ -92,7 +96,8 @@ class LRP(LayerAttribution):
     def combine(self, maps: list[Tensor]) -> Tensor:
         return maps[0]
 
-    def views(self, target: TargetType, logits: Tensor) -> list[dict[str, Any]]:
+    def views(self, target: TargetType, logits: Tensor, output_layer: str | None
+              ) -> list[dict[str, Any]]:
         """Per propagation, the layers rules see differently (none for plain LRP)."""
         return [{} for _ in self.initial_relevances(logits, target)]
 
@@ -102,21 +107,18 @@ class LRP(LayerAttribution):
                   relu_attributions: bool = False, attr_dim_summation: bool = True) -> Tensor:
         """Captum's conventions; returns signed relevance (N x 1 x ... when summed)."""
         inputs = _format_tensor_into_tuples(inputs)
-        check_inputs(self.forward_func, inputs, self.upsampler.image_rank)
+        check_inputs(self.module, inputs)
         up = self.upsampler
         n = inputs[0].shape[0]
-        with preserved_state(self.forward_func):
-            try:
-                extra = _format_additional_forward_args(additional_forward_args) or ()
-                with torch.no_grad(), up.forward.recording(
-                        check=lambda out: check_target(target, n, out)):
-                    up.forward(*inputs, *extra)
-                logits = up.activation()
-                starts = self.initial_relevances(logits, target)
-                maps = [up.propagate(r0, attribute_to_layer_input, views)
-                        for r0, views in zip(starts, self.views(target, logits), strict=True)]
-            finally:
-                up.forward.release()
+        with preserved_state(self.module):
+            cap = up.capture(inputs, additional_forward_args)
+            span = up.span(cap, attribute_to_layer_input)
+            logits = span.activation()
+            check_target(target, n, logits)
+            output_layer = up.from_name or producing_module(cap, span.start)
+            starts = self.initial_relevances(logits, target)
+            views = self.views(target, logits, output_layer)
+            maps = [up.propagate(span, r0, v) for r0, v in zip(starts, views, strict=True)]
         relevance = self.combine(maps)
         if attr_dim_summation:
             relevance = relevance.sum(dim=1, keepdim=True)
@@ -133,7 +135,8 @@ class CLRP(LRP):
         if dual not in (1, 2):
             raise ValueError(f"dual must be 1 (virtual class) or 2 (other classes); got {dual}")
         super().__init__(forward_func, layer, rules, output_layer, fold_batchnorm)
-        if dual == 1 and not isinstance(self.output_layer, nn.Linear):
+        if dual == 1 and self.output_layer is not None \
+                and not isinstance(self.output_layer, nn.Linear):
             raise TypeError("CLRP's first dual negates the output layer's weights, which must "
                             "be nn.Linear; use dual=2")
         self.dual = dual
@@ -145,11 +148,16 @@ class CLRP(LRP):
             return [onehot * score, onehot]
         return [onehot * score, (1 - onehot) * score / (logits.shape[1] - 1)]
 
-    def views(self, target: TargetType, logits: Tensor) -> list[dict[str, Any]]:
+    def views(self, target: TargetType, logits: Tensor, output_layer: str | None
+              ) -> list[dict[str, Any]]:
         if self.dual == 2:
             return [{}, {}]
+        layer = self.module.get_submodule(output_layer) if output_layer is not None else None
+        if not isinstance(layer, nn.Linear):
+            raise TypeError("CLRP's first dual negates the output layer's weights, which must "
+                            "be one nn.Linear producing the logits; use dual=2")
         classes = _one_hot(logits, target).argmax(dim=1).unique()
-        return [{}, {self.upsampler.from_name: NegatedRows(self.output_layer, classes)}]
+        return [{}, {output_layer: NegatedRows(layer, classes)}]
 
     def combine(self, maps: list[Tensor]) -> Tensor:
         target, dual = maps

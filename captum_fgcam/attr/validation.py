@@ -9,11 +9,20 @@ from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...], image_rank: int | None) -> None:
-    """Type, dtype, rank, emptiness, finiteness and device of the inputs."""
-    device = next((p.device for p in model.parameters()), None)
+def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    """Type, dtype, rank, emptiness, finiteness and device of the inputs, and the model's
+    precision, before any work."""
+    first = next((p for p in model.parameters()), None)
+    if first is not None and first.dtype in UNSUPPORTED_DTYPES:
+        raise TypeError(
+            f"the model's parameters are {first.dtype}: half precision is not supported "
+            "(relevance ratios lose too many digits); explain a float32 copy, e.g. "
+            "copy.deepcopy(model).float(), with float32 inputs")
+    conv = next((m for m in model.modules() if isinstance(m, CONVOLUTIONS)), None)
+    image_rank = conv.weight.dim() if conv is not None else None
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"input {i} is a {type(x).__name__}; pass a torch.Tensor")
@@ -24,6 +33,10 @@ def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...], image_rank: int |
             raise TypeError(
                 f"input {i} has dtype {x.dtype}: half precision is not supported (relevance "
                 "ratios lose too many digits); pass x.float() and a model.float()")
+        if first is not None and i == 0 and x.dtype != first.dtype:
+            raise TypeError(
+                f"input {i} has dtype {x.dtype} but the model's parameters are {first.dtype}; "
+                f"convert one of them (x.to({first.dtype}))")
         if i == 0 and image_rank is not None and x.dim() != image_rank:
             raise ValueError(
                 f"input has {x.dim()} dimensions but the model's first convolution expects "
@@ -32,9 +45,9 @@ def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...], image_rank: int |
         if x.dim() == 0 or x.shape[0] == 0:
             raise ValueError(f"input {i} has an empty batch (shape {tuple(x.shape)}); pass at "
                              "least one example")
-        if device is not None and x.device != device:
-            raise ValueError(f"input {i} is on {x.device} but the model is on {device}; move "
-                             f"one of them (x.to({str(device)!r}))")
+        if first is not None and x.device != first.device:
+            raise ValueError(f"input {i} is on {x.device} but the model is on {first.device}; "
+                             f"move one of them (x.to({str(first.device)!r}))")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"input {i} contains NaN or Inf; clean the input first")
 

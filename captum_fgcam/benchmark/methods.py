@@ -68,13 +68,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
-def explainers(model: nn.Module, methods: Sequence[str],
-               layers: Sequence[str]) -> dict[tuple[str, str], Explainer]:
-    """One explainer per applicable (method, layer) pair, in table order."""
+def explainers(model: nn.Module, methods: Sequence[str], layers: Sequence[str],
+               example: Tensor | None = None) -> dict[tuple[str, str], Explainer]:
+    """One explainer per applicable (method, layer) pair, in table order (``example``: an
+    input batch, to find the image layer on)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    image_layer = find_input_layer(model) if INPUT in layers else ""
+    image_layer = find_input_layer(model, example) if INPUT in layers else ""
     out: dict[tuple[str, str], Explainer] = {}
     for layer in layers:
         to_input = layer == INPUT

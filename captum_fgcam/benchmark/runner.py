@@ -60,15 +60,16 @@ class Settings:
     progress: bool = True
 
 
-def default_layers(model: nn.Module) -> list[str]:
+def default_layers(model: nn.Module, example: Tensor | None = None) -> list[str]:
     """The paper's layers for the VGG16 layout (features 33, 23, 13, input); the stage
-    outputs below the last for ResNet-style models; otherwise the CAM layer and the input."""
+    outputs below the last for ResNet-style models; otherwise the CAM layer (found on
+    ``example``, a batch of inputs) and the input."""
     names = dict(model.named_modules())
     if all(f"features.{i}" in names for i in (13, 23, 33, 43)):
         return ["features.33", "features.23", "features.13", INPUT]
     if all(f"layer{i}" in names for i in (1, 2, 3, 4)):
         return ["layer3", "layer2", "layer1", INPUT]
-    return [find_cam_layer(model), INPUT]
+    return [find_cam_layer(model, example), INPUT]
 
 
 def _shard(data: Dataset, rank: int, world: int) -> Dataset:
@@ -80,11 +81,12 @@ def run(model: nn.Module, data: Dataset, settings: Settings,
     """Explain every image of ``data`` with every method at every layer; returns the
     reported metrics per (method, layer). ``unseen`` (H x W bool) marks pixels the model
     cannot see; with it the Unseen metric is computed."""
-    layers = list(settings.layers) or default_layers(model)
     device = next(model.parameters()).device
+    example = data[0][0][None].to(device)
+    layers = list(settings.layers) or default_layers(model, example)
     rank, world = ((dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
                    else (0, 1))
-    pairs = explainers(model, settings.methods, layers)
+    pairs = explainers(model, settings.methods, layers, example)
     sums = {pair: torch.zeros(len(SUMS), dtype=torch.float64) for pair in pairs}
     loader = DataLoader(_shard(data, rank, world), batch_size=settings.batch_size)
     batches = loader

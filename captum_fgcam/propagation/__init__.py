@@ -1,13 +1,19 @@
 """The propagation engine: graph tracing, rules (how), rule maps (where), the upsampler."""
 
-from .graph import LayerError, find_cam_layer, find_input_layer
-from .presets import PRESETS, FedByInput, RuleMap, Selector, resolve_rules
+from .capture import CaptureError
+from .graph import LayerError, find_cam_layer, find_input_layer, find_output_layer
+from .presets import PRESETS, FedByInput, Kind, RuleMap, Selector, resolve_rules
 from .rules import (
     AlphaOneBetaZeroRule,
+    ArithmeticRule,
+    Call,
     EpsilonRule,
     GammaRule,
+    GateRule,
     PassRule,
+    RoutingRule,
     Rule,
+    SignAwareZRule,
     WinnerTakeAllRule,
     ZBoxRule,
     ZPlusRule,
@@ -16,8 +22,9 @@ from .rules import (
 from .upsampler import FineGrainedUpsampler, MissingRuleError
 
 __all__ = [
-    "PRESETS", "AlphaOneBetaZeroRule", "EpsilonRule", "FedByInput", "FineGrainedUpsampler",
-    "GammaRule", "LayerError", "MissingRuleError", "PassRule", "Rule", "RuleMap", "Selector",
-    "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "find_input_layer",
-    "resolve_rules",
+    "PRESETS", "AlphaOneBetaZeroRule", "ArithmeticRule", "Call", "CaptureError", "EpsilonRule",
+    "FedByInput", "FineGrainedUpsampler", "GammaRule", "GateRule", "Kind", "LayerError",
+    "MissingRuleError", "PassRule", "RoutingRule", "Rule", "RuleMap", "Selector",
+    "SignAwareZRule", "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer",
+    "find_input_layer", "find_output_layer", "resolve_rules",
 ]

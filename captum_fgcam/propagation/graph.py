@@ -1,23 +1,23 @@
-"""The model as a graph: tracing with ``torch.fx`` and a forward pass that records values.
+"""Layers in the captured graph: names, module inputs and outputs, and the default layers.
 
-Relevance propagation needs two things a plain ``nn.Module`` does not expose: the order in
-which operations ran (including functional ones such as ``torch.flatten`` or ``+``) and the
-value every operation produced. We trace the model once with ``torch.fx`` and run the traced
-graph with an :class:`fx.Interpreter` that keeps the values of the nodes that relevance will
-pass through. The traced graph calls the user's own leaf modules; the model itself is never
-modified. The CAM layer's output passes through a *tap* (an ``nn.Identity`` of ours) on which
-CAM weightings hook, so any module (a leaf, or a block such as ``layer4``) can be the CAM
-layer.
+A layer argument is a module of the model or its dotted name. Where it sits in the graph is
+read from a :class:`~.capture.Capture` of the real input: the node of the module's output, or
+of its input. ``find_cam_layer`` / ``find_input_layer`` / ``find_output_layer`` read the same
+capture (of an example input, synthesised from the first layer when none is given).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import Tensor, nn
+
+from . import ops
+from .capture import Capture, capture, unwrap
+from .presets import RuleMap, Site, resolve_rules
 
 LayerRef = nn.Module | str
 
@@ -37,6 +37,9 @@ def qualified_name(model: nn.Module, layer: LayerRef) -> str:
                 "model.named_modules(), e.g. 'features.13'"
             ) from err
         return layer
+    if not isinstance(layer, nn.Module):
+        raise LayerError(f"layer must be a module of the model or its dotted name; got "
+                         f"{type(layer).__name__}")
     names = [name for name, module in model.named_modules(remove_duplicate=False)
              if module is layer]
     if not names:
@@ -53,11 +56,15 @@ def qualified_name(model: nn.Module, layer: LayerRef) -> str:
 
 
 def require_module(model: object) -> None:
-    """Refuse a plain function where the model itself is needed (its graph is traced)."""
+    """Refuse what FG-CAM cannot record: a plain function, a TorchScript module."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            "FG-CAM cannot look inside a TorchScript module (torch.jit.script / trace): its "
+            "operations do not run in Python. Pass the original nn.Module")
     if not isinstance(model, nn.Module):
         raise TypeError(
-            "FG-CAM needs the model as an nn.Module (it traces the model's graph); got "
-            f"{type(model).__name__}. Pass the model itself rather than a function.")
+            "FG-CAM needs the model as an nn.Module (it records the operations the model "
+            f"runs); got {type(model).__name__}. Pass the model itself rather than a function.")
 
 
 def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
@@ -65,218 +72,196 @@ def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
     return model.get_submodule(qualified_name(model, layer))
 
 
-class TracedModel:
-    """``model`` traced with ``torch.fx``; nodes are kept in execution (topological) order."""
-
-    def __init__(self, model: nn.Module) -> None:
-        require_module(model)
-        self.model = model
-        try:
-            graph = fx.Tracer().trace(model)
-        except Exception as err:  # fx raises many types; all mean "not traceable"
-            raise TypeError(
-                f"torch.fx could not trace {type(model).__name__}: {err}. Models with "
-                "data-dependent control flow cannot be traced; make the forward free of "
-                "branches on tensor values."
-            ) from err
-        self.graph_module = fx.GraphModule(model, graph)
-        self.nodes: list[fx.Node] = list(graph.nodes)
-        self.position = {node: i for i, node in enumerate(self.nodes)}
-
-    def module(self, node: fx.Node) -> nn.Module:
-        return self.graph_module.get_submodule(str(node.target))
-
-    def _scope(self, name: str) -> list[fx.Node]:
-        """Nodes executed inside the module called ``name`` (itself when it is a leaf)."""
-        return [n for n in self.nodes
-                if (n.op == "call_module" and n.target == name)
-                or any(path == name for path, _ in n.meta.get("nn_module_stack", {}).values())]
-
-    def output_node(self, name: str) -> fx.Node:
-        """The node whose value is the output of the module ``name``."""
-        scope = self._scope(name)
-        if not scope:
-            raise LayerError(
-                f"layer {name!r} is never called in the model's forward pass; choose a layer "
-                "that runs (see print(model))"
-            )
-        calls = [n for n in scope if n.op == "call_module" and n.target == name]
-        if len(calls) > 1:
-            raise LayerError(
-                f"layer {name!r} is called {len(calls)} times in one forward pass, so it has "
-                "no single output; choose a module that runs once"
-            )
-        inside = set(scope)
-        exits = [n for n in scope if any(user not in inside for user in n.users)]
-        if len(exits) != 1:
-            raise LayerError(
-                f"layer {name!r} does not have a single output tensor; choose a module "
-                "with one output"
-            )
-        return exits[0]
-
-    def input_node(self, name: str) -> fx.Node:
-        """The node feeding the module ``name`` (its first tensor input)."""
-        scope = self._scope(name)
-        self.output_node(name)  # validates that the layer runs once with one output
-        inside = set(scope)
-        for node in scope:
-            for arg in node.all_input_nodes:
-                if arg not in inside:
-                    return arg
-        raise LayerError(f"layer {name!r} has no tensor input")
-
-
-class RecordingForward:
-    """A callable forward function that runs the traced graph and records node values.
-
-    Inside :meth:`recording`, the first call stores the detached value of every node in
-    ``keep``; later calls (e.g. Score-CAM's masked forwards) run without recording. An
-    in-place operation (``ReLU(inplace=True)``) gets a copy of its input when that input is in
-    ``protect`` (its value is needed later), so recorded values are the values the operations
-    actually saw. The value of ``tap_node`` is passed through the module ``tap`` on every call.
-    """
-
-    def __init__(self, traced: TracedModel, keep: set[fx.Node], protect: set[fx.Node],
-                 tap_node: fx.Node, tap: nn.Module) -> None:
-        self.traced = traced
-        self.keep = keep
-        self.protect = protect
-        self.tap_node = tap_node
-        self.tap = tap
-        self.values: dict[fx.Node, Any] | None = None
-        self._armed = False
-
-    @contextlib.contextmanager
-    def recording(self, check: Callable[[Any], None] | None = None
-                  ) -> Iterator[RecordingForward]:
-        """Record the next call; ``check`` sees its output before the caller does."""
-        self.values, self._armed, self._check = None, True, check
-        try:
-            yield self
-        finally:
-            self._armed, self._check = False, None
-
-    def release(self) -> None:
-        self.values = None
-
-    def __call__(self, *args: Any) -> Any:
-        record = self._armed
-        self._armed = False
-        interpreter = _Interpreter(self, record)
-        output = interpreter.run(*args)
-        if record:
-            self.values = interpreter.kept
-            if self._check is not None:
-                self._check(output)
-        return output
-
-
-class _Interpreter(fx.Interpreter):
-    def __init__(self, forward: RecordingForward, record: bool) -> None:
-        super().__init__(forward.traced.graph_module, garbage_collect_values=True)
-        self.traced = forward.traced
-        self.keep = forward.keep if record else set()
-        self.protect = forward.protect if record else set()
-        self.tap_node, self.tap = forward.tap_node, forward.tap
-        self.kept: dict[fx.Node, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        if self.protect and _is_inplace(self.traced, n):
-            first = n.args[0]
-            if isinstance(first, fx.Node) and first in self.protect:
-                self.env[first] = self.env[first].clone()
-        result = super().run_node(n)
-        if n is self.tap_node:
-            result = self.tap(result)
-        if n in self.keep:
-            self.kept[n] = result.detach() if isinstance(result, Tensor) else result
-        return result
-
-
-def _is_inplace(traced: TracedModel, node: fx.Node) -> bool:
+def site(cap: Capture, module: nn.Module, node: fx.Node, fed_by_input: bool) -> Site:
+    """How selectors see ``node`` (``module``: the model the capture ran)."""
     if node.op == "call_module":
-        return bool(getattr(traced.module(node), "inplace", False))
-    if node.op == "call_method":
-        return str(node.target).endswith("_") and not str(node.target).startswith("_")
-    if node.op == "call_function":
-        name = getattr(node.target, "__name__", "")
-        return (bool(node.kwargs.get("inplace", False))
-                or name in {"iadd", "isub", "imul", "itruediv"}
-                or (name.endswith("_") and not name.startswith("_")))
-    return False
+        op: Any = module.get_submodule(str(node.target))
+        return Site(op, str(node.target), node.name, fed_by_input, type(op).__name__,
+                    ops.kind_of(op))
+    return Site(node.target, None, node.name, fed_by_input, ops.op_name(node.target),
+                ops.kind_of(node.target))
 
 
+def leaf_test(rules: RuleMap) -> Callable[[nn.Module, str], bool]:
+    """Which modules are recorded as one operation: built-in ``torch.nn`` modules without
+    submodules that ``rules`` has a rule for, and any module a rule names explicitly."""
+
+    def is_leaf(module: nn.Module, name: str) -> bool:
+        if rules.names_module(module, name):
+            return True
+        builtin = type(module).__module__.startswith("torch.nn.")
+        if not builtin or next(module.children(), None) is not None:
+            return False
+        kind = ops.kind_of(module)
+        probe = Site(module, name, name, False, type(module).__name__, kind)
+        return kind != ops.UNSUPPORTED and rules.rule_for(probe) is not None
+
+    return is_leaf
 
 
-_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-          nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-_POOL_FUNCTIONS = {"mean", "adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_avg_pool1d"}
-_FLATTENS = (nn.Flatten, nn.Linear)
-_FLATTEN_FUNCTIONS = {"flatten", "view", "reshape", "linear"}
+def module_output(cap: Capture, name: str) -> fx.Node:
+    """The node whose value is the output of the module ``name``."""
+    if name == "":
+        raise LayerError(
+            "layer is the model itself, whose output is the class scores, not a map; pass "
+            "attribute_to_layer_input=True for a map of the model's input (the image), or one "
+            "of its submodules, e.g. 'features.13' or 'layer2'")
+    calls = cap.calls.get(name, [])
+    if not calls:
+        raise LayerError(
+            f"layer {name!r} is never called in the model's forward pass (or does not read "
+            "the input); choose a layer that runs (see print(model))")
+    if len(calls) > 1:
+        raise LayerError(
+            f"layer {name!r} is called {len(calls)} times in one forward pass, so it has no "
+            "single output; choose a module that runs once")
+    if calls[0].output is None:
+        raise LayerError(
+            f"layer {name!r} does not return a single tensor computed from the input; choose "
+            "a module with one output")
+    return calls[0].output
 
 
-def _kind(traced: TracedModel, node: fx.Node) -> str | None:
-    if node.op == "call_module":
-        module = traced.module(node)
-        return "pool" if isinstance(module, _POOLS) else (
-            "flatten" if isinstance(module, _FLATTENS) else None)
-    if node.op in ("call_function", "call_method"):
-        name = getattr(node.target, "__name__", str(node.target))
-        return "pool" if name in _POOL_FUNCTIONS else (
-            "flatten" if name in _FLATTEN_FUNCTIONS else None)
-    return None
+def module_input(cap: Capture, name: str) -> fx.Node:
+    """The node feeding the module ``name`` (its one input computed from the image)."""
+    if name == "":  # the model itself: its input is the image
+        return cap.image
+    module_output(cap, name)  # validates that the layer runs once with one output
+    inputs = list(dict.fromkeys(cap.calls[name][0].inputs))
+    if not inputs:
+        raise LayerError(f"layer {name!r} has no input computed from the model's input")
+    if len(inputs) > 1:
+        raise LayerError(
+            f"layer {name!r} has {len(inputs)} tensor inputs; attribute_to_layer_input needs "
+            "one. Attribute to the output of the module that produces the input you want")
+    return inputs[0]
 
 
-def find_cam_layer(model: nn.Module) -> str:
-    """The default CAM layer: the module whose output feeds the classifier head's pooling.
-
-    The head's pooling is the *last* adaptive pooling (or mean) in the graph, which skips the
-    pools inside squeeze-excitation blocks; a model without one uses its first flatten or
-    linear operation. For torchvision VGG this gives ``features.43`` (the last MaxPool), for
-    ResNet ``layer4.1`` (the last block). When the pooled value comes from a functional
-    operation outside any module (DenseNet's final ``F.relu``), the search walks back through
-    such single-input operations. Among the modules producing the value, the innermost one
-    that runs exactly once is chosen.
-    """
-    traced = TracedModel(model)
-    kinds = [(node, _kind(traced, node)) for node in traced.nodes]
-    pools = [node for node, kind in kinds if kind == "pool"]
-    flattens = [node for node, kind in kinds if kind == "flatten"]
-    head = pools[-1] if pools else (flattens[0] if flattens else None)
-    feature = head.all_input_nodes[0] if head is not None and head.all_input_nodes else None
-    while feature is not None and feature.op in ("call_function", "call_method") \
-            and not feature.meta.get("nn_module_stack") and len(feature.all_input_nodes) == 1:
-        feature = feature.all_input_nodes[0]
-    name = _module_producing(traced, feature)
-    if name is not None:
-        return name
-    raise LayerError(
-        f"could not find a CAM layer in {type(model).__name__} (the module whose output feeds "
-        "the classifier's global pooling); pass cam_layer= explicitly")
+def ancestors(node: fx.Node) -> set[fx.Node]:
+    """``node`` and every node its value was computed from."""
+    seen, todo = {node}, [node]
+    while todo:
+        for arg in todo.pop().all_input_nodes:
+            if arg not in seen:
+                seen.add(arg)
+                todo.append(arg)
+    return seen
 
 
-def _module_producing(traced: TracedModel, node: fx.Node | None) -> str | None:
+def example_input(model: nn.Module) -> Tensor:
+    """One input shaped for the model's first convolution or linear layer (224 px images,
+    224-sample signals, 16 x 112 x 112 volumes)."""
+    first = next((m for m in model.modules()
+                  if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
+    if first is None:
+        raise LayerError(f"{type(model).__name__} has no convolution or linear layer; pass an "
+                         "example input")
+    p = first.weight
+    if isinstance(first, nn.Linear):
+        shape: tuple[int, ...] = (first.in_features,)
+    else:
+        shape = (first.in_channels, *{1: (224,), 2: (224, 224), 3: (16, 112, 112)}[p.dim() - 2])
+    return torch.randn(1, *shape, dtype=p.dtype, device=p.device)
+
+
+def _capture_example(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> Capture:
+    module = unwrap(model)
+    require_module(module)
+    synthetic = inputs is None
+    if inputs is None:
+        inputs = (example_input(module),)
+    elif isinstance(inputs, Tensor):
+        inputs = (inputs,)
+    training = {m: m.training for m in module.modules()}
+    try:
+        with torch.no_grad():
+            return capture(module, tuple(inputs), is_leaf=leaf_test(resolve_rules(None)))
+    except (RuntimeError, ValueError) as err:
+        if not synthetic:
+            raise
+        raise LayerError(
+            f"{type(module).__name__} does not run on a random input of shape "
+            f"{tuple(inputs[0].shape)} ({err}); pass an example input, e.g. "
+            "find_cam_layer(model, x)") from err
+    finally:
+        for m, mode in training.items():
+            m.training = mode
+
+
+def producing_module(cap: Capture, node: fx.Node | None) -> str | None:
     """The innermost module, run exactly once, whose output is ``node``'s value."""
     if node is None or node.op == "placeholder":
         return None
     candidates = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
-    if node.op == "call_module":
-        candidates.append(str(node.target))
     for name in reversed(candidates):
-        try:
-            if traced.output_node(name) is node:
-                return name
-        except LayerError:
-            continue
+        calls = cap.calls.get(name, [])
+        if len(calls) == 1 and calls[0].output is node:
+            return name
     return None
 
 
-def find_output_layer(model: nn.Module) -> str:
+def _global(cap: Capture, node: fx.Node) -> bool:
+    """Whether ``node`` pools a spatial map down to one value per channel."""
+    value, source = cap.values.get(node), node.all_input_nodes[:1]
+    if not isinstance(value, Tensor) or not source:
+        return False
+    before = cap.values.get(source[0])
+    return (isinstance(before, Tensor) and before.dim() >= 3 and before.shape[2:].numel() > 1
+            and (value.dim() == 2 or (value.dim() >= 3 and value.shape[2:].numel() == 1)))
+
+
+def cam_layer_in(cap: Capture, model: nn.Module) -> str:
+    """The module whose output feeds the classifier head's global pooling (see
+    :func:`find_cam_layer`)."""
+    kinds = [(n, site(cap, model, n, False)) for n in cap.nodes
+             if n.op in ("call_module", "call_function")]
+    pools = [n for n, s in kinds if s.kind in (ops.SUM, ops.MAX)
+             and (s.op_name.lower().startswith("adaptive") or _global(cap, n))]
+    flattens = [n for n, s in kinds
+                if s.op_name in ("flatten", "view", "reshape", "Flatten", "linear", "Linear")]
+    head = pools[-1] if pools else (flattens[0] if flattens else None)
+    feature = head.all_input_nodes[0] if head is not None and head.all_input_nodes else None
+    while feature is not None and feature.op == "call_function" \
+            and not feature.meta.get("nn_module_stack") and len(feature.all_input_nodes) == 1:
+        feature = feature.all_input_nodes[0]
+    name = producing_module(cap, feature)
+    if name is None:
+        raise LayerError(
+            f"could not find a CAM layer in {type(model).__name__} (the module whose output "
+            "feeds the classifier's global pooling); pass cam_layer= explicitly")
+    after = [s for n, s in kinds if cap.position[n] > cap.position[feature]
+             and s.kind == ops.UNSUPPORTED]
+    before = [s for n, s in kinds if n in ancestors(feature) and s.kind == ops.UNSUPPORTED]
+    if after or before:
+        what = (after or before)[0]
+        raise LayerError(
+            f"{type(model).__name__} runs {what.op_name} ({what.kind} operation) around its "
+            f"candidate CAM layer {name!r}: {ops.UNSUPPORTED_REASON}")
+    return name
+
+
+def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None) -> str:
+    """The default CAM layer: the module whose output feeds the classifier head's pooling.
+
+    The head's pooling is the *last* global pooling (adaptive pooling, ``mean``, ``amax``) the
+    model runs, which skips the pools inside squeeze-excitation blocks; a model without one
+    uses its first flatten or linear operation. For torchvision VGG this gives
+    ``features.43`` (the last MaxPool), for ResNet ``layer4.1`` (the last block). When the
+    pooled value comes from a function outside any module (DenseNet's final ``F.relu``), the
+    search walks back through such single-input operations; among the modules producing the
+    value, the innermost one that runs exactly once is chosen. The model runs once on
+    ``inputs`` (default: a random input shaped for its first layer, see
+    :func:`example_input`). Attention models are refused (no relevance rule for attention).
+    """
+    module = unwrap(model)
+    return cam_layer_in(_capture_example(module, inputs), module)
+
+
+def find_output_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None) -> str:
     """The module whose output is the model's output (the logits), e.g. ``fc``."""
-    traced = TracedModel(model)
-    result = traced.nodes[-1].all_input_nodes
-    name = _module_producing(traced, result[0] if len(result) == 1 else None)
+    cap = _capture_example(model, inputs)
+    result = next((n for n in cap.nodes if n.op == "output"), None)
+    name = producing_module(cap, result.args[0] if result is not None else None)
     if name is None:
         raise LayerError(
             f"could not find the module producing {type(model).__name__}'s output (the "
@@ -284,23 +269,24 @@ def find_output_layer(model: nn.Module) -> str:
     return name
 
 
-def find_input_layer(model: nn.Module) -> str:
+def input_layer_in(cap: Capture, model: nn.Module) -> str:
+    """The outermost module whose input is the model's input (see :func:`find_input_layer`)."""
+    for name, _ in model.named_modules():
+        calls = cap.calls.get(name, [])
+        if name and len(calls) == 1 and calls[0].inputs[:1] == [cap.image] \
+                and calls[0].output is not None:
+            return name
+    return ""  # the image is changed (e.g. normalised) before any submodule: the model
+
+
+def find_input_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None) -> str:
     """The outermost module that takes the model's input (the image) as its input.
 
     Attributing to this module's input (``attribute_to_layer_input=True``) gives a map in
     pixel space: ``features`` for torchvision VGG, ``conv1`` for ResNet, a model's own
-    masking or cropping module when it has one in front of its first convolution.
+    masking or cropping module when it has one in front of its first convolution, and ""
+    (the model itself, whose input is the image) when the model changes the image before any
+    submodule sees it (normalisation in ``forward``).
     """
-    traced = TracedModel(model)
-    image = next((n for n in traced.nodes if n.op == "placeholder"), None)
-    for name, _ in model.named_modules():
-        if not name or not traced._scope(name):
-            continue
-        try:
-            if traced.input_node(name) is image:
-                return name
-        except LayerError:
-            continue
-    raise LayerError(
-        f"no module of {type(model).__name__} takes the model's input; pass the first layer "
-        "explicitly and use attribute_to_layer_input=True")
+    module = unwrap(model)
+    return input_layer_in(_capture_example(module, inputs), module)

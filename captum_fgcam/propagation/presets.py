@@ -4,30 +4,30 @@ A :class:`RuleMap` is an ordered list of (selector, rule) pairs; the first selec
 matches an operation decides its rule. Selectors are
 
 - a module type (``nn.Conv2d``): modules that are instances of it;
-- a module object (``model.features[0]``) or its dotted name (``"features.0"``);
-- a function or method name as it appears in the traced graph (``torch.flatten``, ``"view"``),
-  or a node's name in the traced graph (``"add_3"``);
-- a :class:`Selector` object for anything else (e.g. :class:`FedByInput`).
+- a module object (``model.features[0]``) or its dotted name (``"features.0"``): that module
+  is then one operation, whatever it runs inside;
+- a function (``F.batch_norm``, ``torch.flatten``) or its name (``"view"``, ``"add"``): every
+  call of it, as function or tensor method; or a node's name in the captured graph
+  (``"add_3"``);
+- a :class:`Selector` object for anything else (:class:`FedByInput`, :class:`Kind`).
 
 Rules may be ours (:mod:`captum_fgcam.propagation.rules`) or Captum's LRP rule objects.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-import torchvision
 from captum.attr._utils.lrp_rules import PropagationRule
 from torch import nn
 
+from . import ops
+from .ops import op_name
 from .rules import (
+    ArithmeticRule,
     EpsilonRule,
-    GateRule,
     PassRule,
     RoutingRule,
     Rule,
@@ -42,12 +42,14 @@ from .rules import (
 
 @dataclass(frozen=True)
 class Site:
-    """One operation in the traced graph, as selectors see it."""
+    """One recorded operation, as selectors see it."""
 
-    op: nn.Module | Callable[..., Any] | str
+    op: nn.Module | Callable[..., Any]
     name: str | None  # dotted module name for module calls
-    node_name: str  # the node's name in the traced graph ("add_3")
-    fed_by_input: bool  # its first argument is a model input (the image)
+    node_name: str  # the node's name in the captured graph ("add_3")
+    fed_by_input: bool  # the first linear operation on the image's path
+    op_name: str = ""  # canonical function name ("relu", "add"); a module's type name
+    kind: str | None = None  # its kind in the operation table (:mod:`.ops`)
 
 
 class Selector:
@@ -59,12 +61,23 @@ class Selector:
 
 @dataclass(frozen=True)
 class FedByInput(Selector):
-    """Modules of ``types`` whose input is the model's input (the first layer)."""
+    """The first linear operation on the image's path (whatever routing, element-wise or
+    affine operations sit in front of it), optionally only of module ``types``."""
 
-    types: tuple[type, ...]
+    types: tuple[type, ...] = ()
 
     def matches(self, site: Site) -> bool:
-        return site.fed_by_input and isinstance(site.op, self.types)
+        return site.fed_by_input and (not self.types or isinstance(site.op, self.types))
+
+
+@dataclass(frozen=True)
+class Kind(Selector):
+    """Operations of one kind of the operation table (:data:`ops.KINDS_BY_NAME`)."""
+
+    kind: str
+
+    def matches(self, site: Site) -> bool:
+        return site.kind == self.kind
 
 
 def _matches(selector: Any, site: Site) -> bool:
@@ -77,8 +90,17 @@ def _matches(selector: Any, site: Site) -> bool:
     if isinstance(selector, nn.Module):
         return site.op is selector
     if isinstance(selector, str):
-        return selector in (site.name, site.node_name) or selector == site.op
-    return selector is site.op
+        return selector in (site.name, site.node_name, site.op_name)
+    if callable(selector) and not isinstance(site.op, nn.Module):
+        return selector is site.op or op_name(selector) == site.op_name
+    return False
+
+
+def _explicit(selector: Any, module: nn.Module, name: str) -> bool:
+    """Whether ``selector`` names this module itself (object, or dotted name)."""
+    if isinstance(selector, tuple):
+        return any(_explicit(s, module, name) for s in selector)
+    return selector is module or selector == name
 
 
 class RuleMap:
@@ -93,6 +115,11 @@ class RuleMap:
                 return rule
         return None
 
+    def names_module(self, module: nn.Module, name: str) -> bool:
+        """Whether an entry selects this module object or its name (then it is one
+        operation, whatever it runs inside)."""
+        return any(_explicit(selector, module, name) for selector, _ in self.entries)
+
     def updated(self, overrides: Mapping[Any, Rule | PropagationRule]) -> RuleMap:
         """A new map where ``overrides`` take precedence over this map's entries."""
         return RuleMap(list(overrides.items()) + list(self.entries))
@@ -101,65 +128,55 @@ class RuleMap:
         return f"RuleMap({self.entries!r})"
 
 
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d,
-             nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, F.max_pool2d, F.adaptive_max_pool2d)
-#: Sums with non-negative weights: average pooling, means, residual additions.
-SUMS: tuple[Any, ...] = (
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveAvgPool3d, F.avg_pool2d, F.adaptive_avg_pool2d, torch.mean, "mean",
-    operator.add, torch.add, "add",
-)
-#: Element-wise activations and normalisations: relevance passes unchanged (the reference
-#: treats ReLU and BatchNorm so; the others get the same identity-style rule).
-ELEMENTWISE: tuple[Any, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish,
-    nn.Tanh, nn.Dropout, nn.Dropout2d, nn.Identity,
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
-    F.relu, torch.relu, F.relu6, F.gelu, F.silu, F.hardswish, F.dropout, F.layer_norm,
-    F.group_norm, "relu", "contiguous", operator.pos, torchvision.ops.stochastic_depth,
-)
-#: Operations that only move elements.
-ROUTING: tuple[Any, ...] = (
-    nn.Flatten, torch.flatten, torch.cat, torch.concat, torch.permute, torch.transpose,
-    operator.getitem, "flatten", "view", "reshape", "permute", "transpose", "narrow",
-)
-#: Multiplications: the gate (the broadcast operand) is treated as a constant.
-GATES: tuple[Any, ...] = (operator.mul, torch.mul, "mul")
-
-
-def _common(linear: Rule, sums: Rule) -> list[tuple[Any, Rule]]:
-    return [(ELEMENTWISE, PassRule()), (ROUTING, RoutingRule()), (GATES, GateRule()),
-            (MAX_POOLS, WinnerTakeAllRule()), (SUMS, sums), ((*CONVOLUTIONS, nn.Linear), linear)]
+def _common(linear: Rule, sums: Rule, pools: Rule, conserve: bool = True
+            ) -> list[tuple[Any, Rule]]:
+    return [(Kind(ops.PASS), PassRule()), (Kind(ops.ROUTE), RoutingRule()),
+            (Kind(ops.ARITHMETIC), ArithmeticRule(conserve)), (Kind(ops.MAX), pools),
+            (Kind(ops.SUM), sums), (Kind(ops.LINEAR), linear)]
 
 
 def _reference() -> RuleMap:
-    """The paper's reference rules (spec section 2.4), extended to every torchvision CNN part.
+    """The paper's reference rules (spec section 2.4), extended to every operation kind:
+    exactly the authors' code on VGG.
 
-    z^B at a convolution fed by the image, sign-aware z+ (no bias) at other convolutions and
-    linear layers, winner-take-all at max pooling, pass-through at element-wise layers; sums
-    (additions, average pooling) use the sign-aware z-rule; concatenations and reshapes route.
+    z^B at the first linear operation on the image's path, sign-aware z+ (no bias) at other
+    convolutions and linear layers, winner-take-all at max pooling, pass-through at
+    element-wise layers; sums (additions, average pooling, resampling) use the sign-aware
+    z-rule; concatenations and reshapes route; affine operations with constants pass. A zero
+    denominator drops its relevance.
     """
-    return RuleMap([(FedByInput(CONVOLUTIONS), ZBoxRule())]
-                   + _common(ZPlusRule(), SignAwareZRule()))
+    return RuleMap([(FedByInput(), ZBoxRule())]
+                   + _common(ZPlusRule(fallback=False), SignAwareZRule(fallback=False),
+                             WinnerTakeAllRule(conserve=False), conserve=False))
+
+
+def _conserving() -> RuleMap:
+    """The default: the reference rules, and where one of its quotients is 0/0 relevance is
+    passed on instead of dropped: at z+ (a neuron a bias drives while no input votes for it,
+    a dead channel) to the opposite-sign contributions, then by the w^2 rule; at sums and
+    average pooling by the weights; at max pooling to the arg-max. Identical to the
+    reference wherever its denominators are non-zero; conserves relevance at every layer."""
+    return RuleMap([(FedByInput(), ZBoxRule())]
+                   + _common(ZPlusRule(), SignAwareZRule(), WinnerTakeAllRule()))
 
 
 def _epsilon() -> RuleMap:
     """LRP-epsilon (1e-6) on linear layers and sums, as Captum's LRP does by default."""
-    return RuleMap(_common(EpsilonRule(1e-6), ZRule(1e-6)))
+    return RuleMap(_common(EpsilonRule(1e-6), ZRule(1e-6), WinnerTakeAllRule()))
 
 
-PRESETS: dict[str, Callable[[], RuleMap]] = {"reference": _reference, "epsilon": _epsilon}
+PRESETS: dict[str, Callable[[], RuleMap]] = {
+    "conserving": _conserving, "reference": _reference, "epsilon": _epsilon}
 
 
 def resolve_rules(rules: None | str | RuleMap | Mapping[Any, Any]) -> RuleMap:
     """Turn a ``rules`` argument into a :class:`RuleMap`.
 
-    None -> the "reference" preset; a string -> that preset; a mapping -> its entries take
-    precedence over the reference preset (``{nn.Conv2d: EpsilonRule(1e-6)}``).
+    None -> the "conserving" preset (the default); a string -> that preset; a mapping -> its
+    entries take precedence over the default preset (``{nn.Conv2d: EpsilonRule(1e-6)}``).
     """
     if rules is None:
-        return _reference()
+        return _conserving()
     if isinstance(rules, RuleMap):
         return rules
     if isinstance(rules, str):
@@ -167,7 +184,7 @@ def resolve_rules(rules: None | str | RuleMap | Mapping[Any, Any]) -> RuleMap:
             raise ValueError(f"unknown rule preset {rules!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[rules]()
     if isinstance(rules, Mapping):
-        return _reference().updated(rules)
+        return _conserving().updated(rules)
     raise TypeError(
         f"rules must be None, a preset name {sorted(PRESETS)}, a RuleMap or a dict "
         f"{{module type: rule}}; got {type(rules).__name__}")

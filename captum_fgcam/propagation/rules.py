@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from captum.attr._utils.lrp_rules import PropagationRule
 from torch import Tensor, nn
 
+from .ops import op_name
+
 Op = Any  # an nn.Module, a function, a method name, or a LinearView
 
 
@@ -43,6 +45,9 @@ class Call:
     op: Op
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
+    #: per entry of ``inputs``: whether it is an activation (computed from the model input);
+    #: None: every tensor is
+    live: tuple[bool, ...] | None = None
 
     @property
     def inputs(self) -> list[Any]:
@@ -69,6 +74,12 @@ class Call:
 
     def tensor_positions(self) -> list[int]:
         return [i for i, v in enumerate(self.inputs) if isinstance(v, Tensor)]
+
+    def live_positions(self) -> list[int]:
+        """Positions of the activations among :attr:`inputs`."""
+        if self.live is None:
+            return self.tensor_positions()
+        return [i for i, v in enumerate(self.inputs) if isinstance(v, Tensor) and self.live[i]]
 
     def tensor_function(self) -> Callable[..., Tensor]:
         """The operation as a function of its tensor inputs (in order), the rest fixed."""
@@ -103,8 +114,6 @@ def to_first_input(call: Call, relevance: Tensor) -> list[Tensor | None]:
 class Rule(ABC):
     """How relevance crosses one operation. Subclasses implement :meth:`propagate`."""
 
-    #: False for rules that only need the input's shape; lets in-place operations skip copies.
-    uses_input_values: bool = True
     #: True for rules that read recorded 4-D values in the channels-last memory format (the
     #: layout relevance moves in after a convolution); only the layout changes, not the values.
     channels_last: bool = False
@@ -135,7 +144,7 @@ def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(True) for t in inputs]
         z = fn(*leaves)
-        s = scale(z.detach())
+        s = scale(tuple(t.detach() for t in z) if isinstance(z, tuple) else z.detach())
         return list(torch.autograd.grad(z, leaves, s))
 
 
@@ -192,8 +201,59 @@ class WithBatchNorm(LinearView):
         return f"WithBatchNorm({self.layer!r}, {self.norm!r})"
 
 
+class FunctionalLinear(LinearView):
+    """A functional convolution or ``F.linear`` call (``F.conv2d(x, w, b, stride, ...)``)
+    seen as a layer, so the linear-layer rules treat it like the module."""
+
+    padding_mode = "zeros"
+
+    def __init__(self, function: Callable[..., Tensor], args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> None:
+        names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+        bound = dict(zip(names, args, strict=False)) | kwargs
+        self.layer = self
+        self._weight = bound["weight"].detach()
+        b = bound.get("bias")
+        self._bias = b.detach() if isinstance(b, Tensor) else None
+        self.fully_connected = self._weight.dim() == 2
+        dims = self._weight.dim() - 2
+
+        def tup(v: Any, default: int) -> tuple[Any, ...] | str:
+            v = default if v is None else v
+            return v if isinstance(v, str) else tuple(v) if isinstance(v, (list, tuple)) \
+                else (v,) * dims
+        self.stride = tup(bound.get("stride"), 1)
+        self.padding = tup(bound.get("padding"), 0)
+        self.dilation = tup(bound.get("dilation"), 1)
+        self.groups = int(bound.get("groups") or 1)
+        self.function = function
+
+    @property
+    def weight(self) -> Tensor:
+        return self._weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self._bias
+
+    def __repr__(self) -> str:
+        return f"FunctionalLinear({getattr(self.function, '__name__', self.function)})"
+
+
+def fully_connected(module: Any) -> bool:
+    """Whether a linear-layer module or view is fully connected (not a convolution)."""
+    layer = module.layer if isinstance(module, LinearView) else module
+    return isinstance(layer, nn.Linear) or getattr(layer, "fully_connected", False)
+
+
 def linear_layer(module: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
     """A convolution or fully connected module as ``f(x, weight, bias)``."""
+    if isinstance(module, FunctionalLinear):
+        if module.fully_connected:
+            return F.linear
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[module.weight.dim() - 2]
+        return lambda x, w, b: conv(x, w, b, module.stride, module.padding, module.dilation,
+                                    module.groups)
     if isinstance(module, LinearView):
         return linear_layer(module.layer)
     if isinstance(module, nn.Linear):
@@ -223,7 +283,7 @@ def transpose_linear(module: Any, s: Tensor, weight: Tensor, x: Tensor) -> Tenso
     building a graph); ``x`` only provides the shape and layout.
     """
     layer = module.layer if isinstance(module, LinearView) else module
-    if isinstance(layer, nn.Linear):
+    if fully_connected(layer):
         return s @ weight
     if isinstance(layer.padding, str):  # "same"/"valid": let autograd work out the padding
         f = linear_layer(layer)
@@ -236,7 +296,8 @@ def transpose_linear(module: Any, s: Tensor, weight: Tensor, x: Tensor) -> Tenso
 
 
 def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
-                 relevance: Tensor, epsilon: float = 0.0, joined: Tensor | None = None) -> Tensor:
+                 relevance: Tensor, epsilon: float = 0.0, joined: Tensor | None = None,
+                 dropped: list[Tensor] | None = None) -> Tensor:
     r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
 
     The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K
@@ -248,9 +309,10 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     channels-last memory format, which the convolution kernels run fastest in (values are
     unchanged; only the layout differs). ``joined``: the inputs concatenated along that axis
     (channels, or features), if the caller has them already (``xs`` then being its chunks).
+    ``dropped``: a list that receives the relevance of the outputs with z_j = 0.
     """
     layer = module.layer if isinstance(module, LinearView) else module
-    is_conv = not isinstance(layer, nn.Linear)
+    is_conv = not fully_connected(layer)
     if relevance.dim() == 4 and is_conv and joined is None:
         xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     if relevance.dim() == 4 and is_conv:
@@ -267,6 +329,8 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
             z = f(xs[0], weights[0], None)
             for x, w in zip(xs[1:], weights[1:], strict=True):
                 z += f(x, w, None)
+        if dropped is not None:
+            dropped.append(relevance.masked_fill(z != 0, 0.0))
         s = (relevance / _stabilise(z, epsilon) if epsilon
              else safe_divide(relevance, z, out=z))
         if joint:
@@ -318,8 +382,6 @@ class PassRule(Rule):
     (flatten, view). Conserves relevance exactly.
     """
 
-    uses_input_values = False
-
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         return to_first_input(call, relevance.reshape(call.x.shape))
 
@@ -327,15 +389,21 @@ class PassRule(Rule):
 class WinnerTakeAllRule(Rule):
     r"""Max pooling: each window's relevance goes to its arg-max input.
 
-    R_i = \sum_j [i = argmax_{window j} x] R_j [z_j \ne 0]; ties go where PyTorch's pooling
-    puts the gradient, and relevance of windows whose maximum z_j is 0 is dropped.
+    R_i = \sum_j [i = argmax_{window j} x] R_j ; ties go where PyTorch's pooling puts the
+    gradient. The reference's form x_i R_j / z_j is the same wherever z_j != 0; where the
+    window's maximum z_j is 0 it is 0/0: ``conserve=True`` (default) passes R_j on to the
+    arg-max (conserving relevance exactly), ``conserve=False`` drops it as the reference does.
     """
 
     channels_last = True
 
+    def __init__(self, conserve: bool = True) -> None:
+        self.conserve = conserve
+
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
-        (routed,) = vector_jacobian(
-            call.function(), [call.x], lambda z: torch.where(z == 0, 0, relevance))
+        scale = ((lambda z: relevance) if self.conserve
+                 else (lambda z: torch.where(z == 0, 0, relevance)))
+        (routed,) = vector_jacobian(call.function(), [call.x], scale)
         return to_first_input(call, routed)
 
 
@@ -344,8 +412,6 @@ class RoutingRule(Rule):
     each input element gets the relevance of the output element it became, R_in = J^T R
     (J is a 0/1 matrix). Conserves relevance exactly.
     """
-
-    uses_input_values = False
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         tensors = [call.inputs[p] for p in call.tensor_positions()]
@@ -375,20 +441,25 @@ class ZRule(Rule):
 
 class SignAwareZRule(Rule):
     r"""The sign-aware z-rule for operations that sum their inputs with non-negative
-    weights (residual additions, average pooling, means):
+    weights (residual additions, average pooling, means, resampling):
 
     z_j = \sum_i c_ij with c_ij = w_ij x_i ;  R_i = \sum_j c_ij^{s_j} R_j / \sum_i' c_i'j^{s_j} ,
     where s_j = sign(z_j), c^+ = max(0, c) and c^- = min(0, c): an output's relevance goes to
     the contributions that share its sign, so a sum of large opposite terms never inflates
-    relevance. Conserves relevance exactly wherever z_j != 0 (z_j = 0 drops R_j).
+    relevance. Conserves relevance exactly wherever z_j != 0. Where z_j = 0 (an all-zero
+    pooling window) ``fallback=True`` (default) shares R_j by the weights,
+    R_i = w_ij R_j / \sum_i' w_i'j, and ``fallback=False`` drops it (the reference).
     """
 
     channels_last = True
 
+    def __init__(self, fallback: bool = True) -> None:
+        self.fallback = fallback
+
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         tensors = [call.inputs[p] for p in call.tensor_positions()]
         if _is_plain_sum(call, tensors, relevance):
-            return call.to_inputs(self._plain_sum(tensors, relevance))
+            return call.to_inputs(self._plain_sum(tensors, relevance, self.fallback))
         fn = call.tensor_function()
         pos = [t.clamp(min=0) for t in tensors]
         neg = [t.clamp(max=0) for t in tensors]
@@ -399,31 +470,39 @@ class SignAwareZRule(Rule):
             sign > 0, safe_divide(relevance, z_pos), 0.0))
         g_neg = vector_jacobian(fn, neg, lambda _: torch.where(
             sign < 0, safe_divide(relevance, z_neg), 0.0))
-        return call.to_inputs([p * gp + n * gn for p, gp, n, gn
-                               in zip(pos, g_pos, neg, g_neg, strict=True)])
-
+        shares = [p * gp + n * gn for p, gp, n, gn in zip(pos, g_pos, neg, g_neg, strict=True)]
+        if self.fallback and bool((sign == 0).any()):
+            ones = [torch.ones_like(t) for t in tensors]
+            with torch.no_grad():
+                z_ones = fn(*ones)
+            left = vector_jacobian(fn, ones, lambda _: torch.where(
+                sign == 0, safe_divide(relevance, z_ones), 0.0))
+            shares = [s + g for s, g in zip(shares, left, strict=True)]
+        return call.to_inputs(shares)
 
     @staticmethod
-    def _plain_sum(tensors: list[Tensor], relevance: Tensor) -> list[Tensor]:
+    def _plain_sum(tensors: list[Tensor], relevance: Tensor,
+                   fallback: bool = True) -> list[Tensor]:
         r"""The same rule for z = a + b + ... of equal shapes, without autograd.
 
         With s = sign(z), the contributions sharing the output's sign are c^{s} = s p with
-        p = max(0, s c) >= 0, so R_i = p_i R / \sum_i' p_i' (s cancels; s = 0 where z = 0
-        makes every p 0, and R is dropped there as the rule says).
+        p = max(0, s c) >= 0, so R_i = p_i R / \sum_i' p_i' (s cancels). Where z = 0 every
+        p is 0: with ``fallback`` each of the K terms gets R / K, else R is dropped.
         """
         with torch.no_grad():
             sign = torch.sign(_total(tensors)) if len(tensors) == 1 else _total(tensors).sign_()
             parts = [(t * sign).clamp_(min=0) for t in tensors]
             ratio = safe_divide(relevance, _total(parts))
-            return [part.mul_(ratio) for part in parts]
-
-
-_ADDITIONS = (operator.add, torch.add, "add")
+            shares = [part.mul_(ratio) for part in parts]
+            if fallback and bool((sign == 0).any()):
+                even = torch.where(sign == 0, relevance / len(tensors), 0.0)
+                shares = [share.add_(even) for share in shares]
+            return shares
 
 
 def _is_plain_sum(call: Call, tensors: list[Tensor], relevance: Tensor) -> bool:
     """An addition of tensors that all have the output's shape (no broadcast, no alpha)."""
-    return (any(call.op is a or call.op == a for a in _ADDITIONS) and not call.kwargs
+    return (op_name(call.op) == "add" and not call.kwargs
             and len(tensors) == len(call.inputs)
             and all(t.shape == relevance.shape for t in tensors))
 
@@ -453,6 +532,57 @@ class GateRule(Rule):
         return out
 
 
+class ArithmeticRule(Rule):
+    r"""``+ - * /`` between activations and constants (parameters, buffers, numbers).
+
+    With one activation x among the operands, y is an affine function of x (a shift
+    x + b, x - b, b - x, a scale x * c, x / c, ``addcmul(b, c, x)``; biases ignored as z+
+    ignores them), and the
+    z-rule gives R_x = R (reduced over broadcast dimensions), 0 where a scale is 0 (in-model
+    normalisation, layer scale, fixed masks). With several activations: a sum
+    y = \sum_i s_i x_i (s_i = +-1) uses the sign-aware z-rule of :class:`SignAwareZRule` on
+    the contributions c_i = s_i x_i; a product x * g treats the broadcast operand g as a gate
+    (:class:`GateRule`); a quotient x / d gives all relevance to the numerator. Conserves
+    relevance wherever the sum is non-zero and no scale is 0; where a sum is 0,
+    ``fallback`` as in :class:`SignAwareZRule`.
+    """
+
+    channels_last = True
+
+    def __init__(self, fallback: bool = True) -> None:
+        self.fallback = fallback
+
+    def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
+        name = op_name(call.op)
+        live = call.live_positions()
+        inputs = call.inputs
+        out: list[Tensor | None] = [None] * len(inputs)
+        if name in ("add", "sub") and len(live) > 1:
+            alpha = call.kwargs.get("alpha", 1)
+            signs = [1.0] + [(-1.0 if name == "sub" else 1.0) * alpha] * (len(live) - 1)
+            parts = [inputs[p].expand_as(relevance) * s for p, s in zip(live, signs, strict=True)]
+            shares = SignAwareZRule._plain_sum(parts, relevance, self.fallback)
+            for p, share in zip(live, shares, strict=True):
+                out[p] = share.sum_to_size(inputs[p].shape)
+            return out
+        if name == "mul" and len(live) > 1:
+            return GateRule().propagate(call, relevance)
+        if len(live) > 1:
+            raise ValueError(f"{name} of several activations has no rule; register one")
+        if name == "div" and live and live[0] != 0:
+            raise ValueError("relevance cannot pass through a division by an activation "
+                             "(c / x); register a rule for it")
+        signal = live[0]
+        r = relevance
+        for p, v in enumerate(inputs):
+            if p != signal and isinstance(v, Tensor) and name == "mul":
+                r = torch.where(v != 0, r, 0.0)
+            elif p != signal and name == "mul" and v == 0:
+                r = torch.zeros_like(r)
+        out[signal] = r.sum_to_size(inputs[signal].shape)
+        return out
+
+
 class ZPlusRule(Rule):
     r"""The sign-aware z^+ rule for a linear layer, without bias:
 
@@ -461,35 +591,76 @@ class ZPlusRule(Rule):
     Conserves relevance where no z_j is 0. For non-negative x (after a ReLU) only the first
     term is computed. ``epsilon`` > 0 stabilises the denominator as Zennit's ``ZPlus`` does
     (z_j + epsilon sign(z_j)); the reference uses none.
+
+    Where z_j = 0 the paper's quotient is 0/0 (the reference code drops R_j): a neuron that a
+    bias drives while its inputs vote against it, or whose inputs are all 0 (a dead channel
+    before a depthwise convolution). With ``fallback=True`` (default) R_j goes to the
+    opposite-sign contributions instead, R_i = (x_i^+ w_ij^- + x_i^- w_ij^+) R_j / z'_j with
+    z'_j their sum, and where those are 0 too, by the w^2 rule
+    R_i = w_ij^2 R_j / \sum_i' w_i'j^2; relevance is then conserved at every neuron with a
+    non-zero weight. Where z_j != 0 the rule is the paper's. ``fallback=False`` drops R_j.
     """
 
-    def __init__(self, epsilon: float = 0.0) -> None:
+    def __init__(self, epsilon: float = 0.0, fallback: bool = True) -> None:
         self.epsilon = epsilon
+        self.fallback = fallback
+
+    #: which input elements exist (False: zero padding added in front of the layer)
+    valid: Tensor | None = None
+
+    def within(self, valid: Tensor) -> ZPlusRule:
+        """This rule for an input whose elements where ``valid`` is False are padding added
+        by the model (``F.pad``): the w^2 fallback gives them nothing, as for the padding a
+        convolution adds itself."""
+        rule = ZPlusRule(self.epsilon, self.fallback)
+        rule.valid = valid
+        return rule
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         module, x = call.op, call.x
         w = module.weight.detach()
         layer = module.layer if isinstance(module, LinearView) else module
-        image = x.dim() == 4 and not isinstance(layer, nn.Linear)  # see linear_terms
+        image = x.dim() == 4 and not fully_connected(layer)  # see linear_terms
         layout = torch.channels_last if image else torch.contiguous_format
+        dropped: list[Tensor] | None = [] if self.fallback else None
         if not bool(x.min() < 0):
-            r = linear_terms(module, [x.contiguous(memory_format=layout)], [w.clamp(min=0)],
-                             relevance, self.epsilon)
+            xs = [x.contiguous(memory_format=layout)]
+            r = linear_terms(module, xs, [w.clamp(min=0)], relevance, self.epsilon,
+                             dropped=dropped)
+            if dropped and bool(dropped[0].any()):
+                r = r + self._fallback(module, xs, [w.clamp(max=0)], dropped[0])
             return to_first_input(call, r)
         weights = [w.clamp(min=0), w.clamp(max=0)]
         # x^+ and x^- are written straight into the layout (and, where the forward term
         # concatenates them, the buffer) linear_terms uses: no separate copies.
         joined = None
         if _concatenates_inputs(layer, weights):
-            dim = -1 if isinstance(layer, nn.Linear) else 1  # the axis the layer sums over
+            dim = -1 if fully_connected(layer) else 1  # the axis the layer sums over
             joined = _empty_like_cat([x, x], dim=dim, layout=layout)
             parts = list(joined.chunk(2, dim=dim))
         else:
             parts = [torch.empty_like(x, memory_format=layout) for _ in range(2)]
         torch.clamp(x, min=0, out=parts[0])
         torch.clamp(x, max=0, out=parts[1])
-        r = linear_terms(module, parts, weights, relevance, self.epsilon, joined=joined)
+        r = linear_terms(module, parts, weights, relevance, self.epsilon, joined=joined,
+                         dropped=dropped)
+        if dropped and bool(dropped[0].any()):
+            r = r + self._fallback(module, parts, weights[::-1], dropped[0])
         return to_first_input(call, r)
+
+    def _fallback(self, module: Any, xs: list[Tensor], weights: list[Tensor],
+                  relevance: Tensor) -> Tensor:
+        r"""``relevance`` (where z_j = 0) to the opposite-sign contributions; where those are
+        all 0 too, the w^2 rule R_i = w_ij^2 R_j / \sum_i' w_i'j^2 (over the inputs that
+        exist: zero padding holds none)."""
+        dropped: list[Tensor] = []
+        r = linear_terms(module, xs, weights, relevance, self.epsilon, dropped=dropped)
+        if bool(dropped[0].any()):
+            w = module.weight.detach()
+            exists = (torch.ones_like(xs[0]) if self.valid is None
+                      else self.valid.to(xs[0]).expand_as(xs[0]))
+            r = r + linear_terms(module, [exists], [w * w], dropped[0], self.epsilon)
+        return r
 
 
 class _StabilisedLinearRule(Rule):
@@ -585,15 +756,33 @@ class ZBoxRule(Rule, PropagationRule):
         std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
         return cls(low=-mean / std, high=(1 - mean) / std)
 
+    def within(self, valid: Tensor) -> ZBoxRule:
+        """This rule for an input whose elements where ``valid`` is False are not pixels (zero
+        padding a model adds in front of its first layer, ``F.pad``): their bounds are 0, and
+        per-image bounds are taken over the pixels only."""
+        rule = ZBoxRule(self.low, self.high)
+        rule.valid = valid
+        return rule
+
+    valid: Tensor | None = None
+
     def bounds(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Tensors l and h with the shape of x."""
+        valid = None if self.valid is None else self.valid.to(x.device).expand_as(x)
         if self.low is None or self.high is None:
             flat = x.reshape(x.shape[0], -1)
             shape = (-1,) + (1,) * (x.dim() - 1)
-            low, high = flat.min(dim=1).values.reshape(shape), flat.max(dim=1).values.reshape(shape)
+            mins = flat if valid is None else torch.where(valid, x, float("inf")).reshape(
+                flat.shape)
+            maxs = flat if valid is None else torch.where(valid, x, float("-inf")).reshape(
+                flat.shape)
+            low, high = mins.min(dim=1).values.reshape(shape), maxs.max(dim=1).values.reshape(shape)
         else:
             low, high = self.low.to(x), self.high.to(x)
-        return low.expand_as(x).contiguous(), high.expand_as(x).contiguous()
+        low, high = low.expand_as(x), high.expand_as(x)
+        if valid is not None:
+            low, high = low * valid, high * valid
+        return low.contiguous(), high.contiguous()
 
     def _terms(self, module: nn.Module, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Inputs [x, l, h] and weights [w, -w^+, -w^-] of the three z^B terms."""

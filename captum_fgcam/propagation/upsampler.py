@@ -1,15 +1,17 @@
 r"""The engine: propagate per-channel relevance from a deep layer down to a shallower one.
 
 Given components E (N x C x h x w) at the output of ``from_layer``, the upsampler walks the
-traced graph backwards from that output to ``to_layer``, applying at each operation the rule
-its :class:`RuleMap` selects:  R^{(in)} = rule(R^{(out)}),  starting from R = E. Where a value
-feeds several operations, the relevances coming back from them are summed. Each rule is linear
-in R, so all C channels (and all N images) move in one pass, never one channel at a time.
+captured graph (:mod:`.capture`) backwards from that output to ``to_layer``, applying at each
+operation the rule its :class:`RuleMap` selects:  R^{(in)} = rule(R^{(out)}),  starting from
+R = E. Where a value feeds several operations, the relevances coming back from them are summed.
+Each rule is linear in R, so all C channels (and all N images) move in one pass, never one
+channel at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,16 +20,30 @@ from captum._utils.common import _format_additional_forward_args, _format_tensor
 from torch import Tensor, nn
 
 from .._state import preserved_state
+from . import ops
+from .capture import Capture, capture, item_of, unwrap
 from .graph import (
     LayerError,
     LayerRef,
-    RecordingForward,
-    TracedModel,
+    ancestors,
+    leaf_test,
+    module_input,
+    module_output,
     qualified_name,
     require_module,
+    site,
 )
-from .presets import RuleMap, Site, resolve_rules
-from .rules import LINEAR_LAYERS, Call, GateRule, PassRule, RoutingRule, Rule, WithBatchNorm
+from .presets import RuleMap, resolve_rules
+from .rules import (
+    LINEAR_LAYERS,
+    Call,
+    FunctionalLinear,
+    PassRule,
+    Rule,
+    WithBatchNorm,
+    ZBoxRule,
+    ZPlusRule,
+)
 
 
 class MissingRuleError(TypeError):
@@ -60,6 +76,22 @@ def _channels_last(values: dict[fx.Node, Any]) -> Callable[[fx.Node], Any]:
     return value
 
 
+@dataclass
+class Span:
+    """The operations between a start node (where components live) and a stop node (where
+    relevance is returned) in one capture, with the rule chosen for each."""
+
+    capture: Capture
+    start: fx.Node
+    stop: fx.Node
+    rules: dict[fx.Node, Rule]
+    ops: dict[fx.Node, Any]  # what each rule sees as the operation (module, view, function)
+
+    def activation(self) -> Any:
+        """The recorded value at the start (the CAM layer's output, or the logits)."""
+        return self.capture.values[self.start]
+
+
 class FineGrainedUpsampler:
     r"""Relevance propagation from ``from_layer``'s output down to ``to_layer``.
 
@@ -70,12 +102,15 @@ class FineGrainedUpsampler:
     ``attr_dim_summation=False``) and it returns their fine-grained relevance at ``to_layer``.
 
     Args:
-        model: the ``nn.Module`` to explain (traced with ``torch.fx``; not modified).
-        from_layer: module (or dotted name) where the components live (its output).
+        model: the ``nn.Module`` to explain (not modified; ``DataParallel``, DDP and
+            ``torch.compile`` wrappers are looked through).
+        from_layer: module (or dotted name) where the components live (its output); None:
+            the model's output (the class scores).
         to_layer: module (or dotted name) where relevance is returned.
         rules: None (reference rules), a preset name, a :class:`RuleMap`, or a dict
-            ``{module type / module / name: rule}`` overriding the reference rules; Captum's
-            ``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule`` are accepted.
+            ``{module type / module / name / function: rule}`` overriding the reference rules;
+            Captum's ``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule``
+            are accepted.
         fold_batchnorm: treat each convolution or linear layer followed by BatchNorm as one
             linear layer with folded parameters (as Zennit's canonizers do); default: BatchNorm
             passes relevance through, as in the reference.
@@ -88,171 +123,292 @@ class FineGrainedUpsampler:
         >>> image_map = up.attribute(x, comps, attribute_to_layer_input=True)  # N x 1 x H x W
     """
 
-    def __init__(self, model: nn.Module, from_layer: LayerRef, to_layer: LayerRef,
+    def __init__(self, model: nn.Module, from_layer: LayerRef | None, to_layer: LayerRef,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  fold_batchnorm: bool = False) -> None:
         require_module(model)
         self.model = model
-        self.from_name = qualified_name(model, from_layer)
-        self.to_name = qualified_name(model, to_layer)
+        self.module = unwrap(model)
+        require_module(self.module)
+        self.from_name = (None if from_layer is None
+                          else qualified_name(self.module, from_layer))
+        self.to_name = qualified_name(self.module, to_layer)
         self.rules = resolve_rules(rules)
-        self.traced = TracedModel(model)
-        self.start = self.traced.output_node(self.from_name)
-        self.to_output = self.traced.output_node(self.to_name)
-        self.to_input = self.traced.input_node(self.to_name)
-        position = self.traced.position
-        if position[self.to_output] > position[self.start]:
-            raise LayerError(
-                f"layer {self.to_name!r} comes after the CAM layer "
-                f"{self.from_name!r}; relevance only moves towards the input. Choose a "
-                "shallower layer, or a deeper cam_layer")
-        span = self.traced.nodes[position[self.to_input]:position[self.start] + 1]
-        self._rules: dict[fx.Node, Rule] = {}
-        self.folded = self._fold_batchnorm(span) if fold_batchnorm else {}
-        keep = set(span) | {arg for node in span for arg in node.all_input_nodes}
-        protect = {arg for node in span if node.op.startswith("call")
-                   for arg in node.all_input_nodes if self._uses_input_values(node)}
-        #: rank of the image batch the first layer expects (4 for Conv2d), if it can be told
-        self.image_rank = next(
-            (self.traced.module(n).weight.dim() for n in self.traced.nodes
-             if n.op == "call_module" and isinstance(self.traced.module(n), LINEAR_LAYERS[1:])
-             and any(a.op == "placeholder" for a in n.all_input_nodes)), None)
-        #: CAM weightings hook this identity module: its output is ``from_layer``'s output.
-        self.tap = nn.Identity()
-        self.forward = RecordingForward(self.traced, keep, protect, self.start, self.tap)
+        self.fold_batchnorm = fold_batchnorm
+        self._is_leaf = leaf_test(self.rules)
 
     # -- recording ---------------------------------------------------------------------
-    def record(self, inputs: Sequence[Tensor], additional_forward_args: Any = None) -> Tensor:
-        """One forward pass (no gradients) that records the values propagation needs."""
+    def capture(self, inputs: Sequence[Tensor], additional_forward_args: Any = None,
+                grad: bool = False) -> Capture:
+        """Run the model once on ``inputs`` and record what propagation needs."""
         extra = _format_additional_forward_args(additional_forward_args) or ()
-        with torch.no_grad(), self.forward.recording():
-            return self.forward(*inputs, *extra)
+        return capture(self.module, tuple(inputs), extra, self._is_leaf, grad)
 
-    def activation(self) -> Tensor:
-        """The recorded output of ``from_layer``."""
-        return self._values()[self.start]
+    def span(self, cap: Capture, attribute_to_layer_input: bool = False,
+             from_name: str | None = None) -> Span:
+        """Locate the layers in ``cap`` and choose every rule on the way, before any
+        propagation: a layer that is not there, comes after the start or does not feed it,
+        and an operation without a rule, are reported here."""
+        from_name = from_name or self.from_name
+        start = (module_output(cap, from_name) if from_name is not None
+                 else _output_node(cap))
+        stop = (module_input(cap, self.to_name) if attribute_to_layer_input
+                else module_output(cap, self.to_name))
+        where = (f"the CAM layer {from_name!r}" if from_name is not None
+                 else "the model's output")
+        if cap.position[stop] > cap.position[start]:
+            raise LayerError(
+                f"layer {self.to_name!r} comes after {where}; relevance only moves towards "
+                "the input. Choose a shallower layer, or a deeper cam_layer")
+        feeding = ancestors(start)
+        if stop not in feeding:
+            raise LayerError(
+                f"layer {self.to_name!r} does not feed {where} (it sits on a side branch); "
+                "its map would be all zero. Choose a layer on the path to it")
+        on_path = _relevance_path(cap, start) & _descendants(stop)
+        first_linear = _first_linear(cap, self.module)
+        rules: dict[fx.Node, Rule] = {}
+        targets: dict[fx.Node, Any] = {}
+        folded, norms = self._fold_batchnorm(cap, on_path) if self.fold_batchnorm else ({}, set())
+        for node in cap.nodes[cap.position[stop] + 1:cap.position[start] + 1]:
+            if node not in on_path or node.target is item_of:
+                continue
+            where_site = site(cap, self.module, node, node in first_linear)
+            rule = PassRule() if node in norms else self.rules.rule_for(where_site)
+            if rule is None:
+                raise MissingRuleError(_missing_rule_message(cap, node, where_site))
+            if isinstance(rule, ZBoxRule) and node in first_linear:
+                valid = _pixels(cap, self.module, node)
+                rule = rule if valid is None else rule.within(valid)
+            elif isinstance(rule, ZPlusRule) and \
+                    (valid := _padded(cap, self.module, node)) is not None:
+                rule = rule.within(valid)
+            rules[node] = rule
+            targets[node] = folded.get(node) or _operation(where_site.op, node, cap)
+        return Span(cap, start, stop, rules, targets)
 
     # -- propagation ---------------------------------------------------------------------
-    def propagate(self, components: Tensor, attribute_to_layer_input: bool = False,
+    def propagate(self, span: Span, components: Tensor,
                   views: Mapping[str, Any] | None = None) -> Tensor:
-        """Relevance at ``to_layer`` (output, or input) for ``components`` at ``from_layer``.
+        """Relevance at the stop node of ``span`` for ``components`` at its start.
 
-        Needs a recorded forward pass (:meth:`record`, or a weighting's forward through
-        ``self.forward`` inside ``self.forward.recording()``). ``views`` maps module names to
-        :class:`LinearView` objects that rules see instead of those modules (CLRP's virtual
-        class).
+        ``views`` maps module names to :class:`LinearView` objects that rules see instead of
+        those modules (CLRP's virtual class).
         """
         views = views or {}
-        values = self._values()
-        expected = values[self.start].shape
+        values = span.capture.values
+        expected = values[span.start].shape
         if components.shape != expected:
             raise ValueError(
-                f"components have shape {tuple(components.shape)} but the output of "
-                f"{self.from_name!r} has shape {tuple(expected)}; give one value per element "
-                "of that output (e.g. LayerGradCam(..., attr_dim_summation=False))")
-        stop = self.to_input if attribute_to_layer_input else self.to_output
-        relevance: dict[fx.Node, Tensor] = {self.start: components.detach()}
-        nodes = self.traced.nodes
-        position = self.traced.position
-        for node in reversed(nodes[position[stop]:position[self.start] + 1]):
+                f"components have shape {tuple(components.shape)} but the start of the "
+                f"propagation has shape {tuple(expected)}; give one value per element of that "
+                "output (e.g. LayerGradCam(..., attr_dim_summation=False))")
+        if not bool(torch.isfinite(components).all()):
+            raise ValueError("the CAM components contain NaN or Inf (the model or the "
+                             "weighting produced non-finite values); nothing to propagate")
+        cap = span.capture
+        relevance: dict[fx.Node, Any] = {span.start: components.detach()}
+        r_out = None
+        for node in reversed(cap.nodes[cap.position[span.stop]:cap.position[span.start] + 1]):
             r_out = relevance.pop(node, None)
-            if node is stop:
+            if node is span.stop:
                 break
             if r_out is None:
                 continue
+            if node.target is item_of:  # one output of a multi-output operation
+                parent, index = node.args
+                slots = relevance.setdefault(parent, [None] * len(values[parent]))
+                slots[index] = r_out if slots[index] is None else slots[index] + r_out
+                continue
+            if isinstance(r_out, list):
+                r_out = tuple(None if not isinstance(v, Tensor) else
+                              torch.zeros_like(v) if r is None else r
+                              for r, v in zip(r_out, values[node], strict=True))
+            rule = span.rules[node]
             op = views.get(str(node.target)) if node.op == "call_module" else None
-            rule = self._rule(node)
             value = _channels_last(values) if rule.channels_last else values.__getitem__
-            call = Call(op or self._call_target(node), fx.node.map_arg(node.args, value),
-                        fx.node.map_arg(dict(node.kwargs), value))
-            for arg, r_in in zip(flat_args(node), rule.propagate(call, r_out), strict=True):
+            args = fx.node.map_arg(node.args, value)
+            if isinstance(span.ops[node], FunctionalLinear) and op is None:
+                args = args[:1]
+            flat = flat_args(node)
+            call = Call(op or span.ops[node], args, fx.node.map_arg(dict(node.kwargs), value),
+                        tuple(isinstance(a, fx.Node) for a in flat))
+            for arg, r_in in zip(flat, rule.propagate(call, r_out), strict=False):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
-        return r_out.contiguous() if r_out is not None else torch.zeros_like(values[stop])
+        if r_out is None:
+            return torch.zeros_like(values[span.stop])
+        return r_out.contiguous()
 
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], components: Tensor,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   attr_dim_summation: bool = True) -> Tensor:
         """Forward once, then propagate ``components``; sums channels unless told not to."""
         inputs = _format_tensor_into_tuples(inputs)
-        with preserved_state(self.model):
-            try:
-                self.record(inputs, additional_forward_args)
-                r = self.propagate(components, attribute_to_layer_input)
-            finally:
-                self.forward.release()
+        with preserved_state(self.module):
+            cap = self.capture(inputs, additional_forward_args)
+            r = self.propagate(self.span(cap, attribute_to_layer_input), components)
         return r.sum(dim=1, keepdim=True) if attr_dim_summation else r
 
     # -- helpers -------------------------------------------------------------------------
-    def _values(self) -> dict[fx.Node, Any]:
-        if self.forward.values is None:
-            raise RuntimeError("no forward pass has been recorded; call record() first")
-        return self.forward.values
-
-    def _call_target(self, node: fx.Node) -> Any:
-        if node in self.folded:
-            return self.folded[node]
-        return self.traced.module(node) if node.op == "call_module" else node.target
-
-    def _fold_batchnorm(self, span: list[fx.Node]) -> dict[fx.Node, WithBatchNorm]:
-        """Linear layers whose only consumer is a BatchNorm, seen together with it."""
-        folded = {}
-        for node in span:
-            if node.op != "call_module":
+    def _fold_batchnorm(self, cap: Capture, on_path: set[fx.Node]
+                        ) -> tuple[dict[fx.Node, WithBatchNorm], set[fx.Node]]:
+        """Linear layers whose only consumer is a BatchNorm, seen together with it: the
+        linear nodes' folded views, and the BatchNorm nodes (which then pass relevance)."""
+        folded: dict[fx.Node, WithBatchNorm] = {}
+        norms: set[fx.Node] = set()
+        for node in cap.nodes:
+            if node.op != "call_module" or node not in on_path:
                 continue
-            norm = self.traced.module(node)
+            norm = self.module.get_submodule(str(node.target))
             producer = node.args[0] if node.args else None
             if (isinstance(norm, nn.modules.batchnorm._BatchNorm)
                     and isinstance(producer, fx.Node) and producer.op == "call_module"
-                    and isinstance(self.traced.module(producer), LINEAR_LAYERS)
                     and len(producer.users) == 1):
-                folded[producer] = WithBatchNorm(self.traced.module(producer), norm)
-                self._rules[node] = PassRule()
-        return folded
-
-    def _site(self, node: fx.Node) -> Site:
-        op = self.traced.module(node) if node.op == "call_module" else node.target
-        return Site(op, str(node.target) if node.op == "call_module" else None, node.name,
-                    self._fed_by_image(node))
-
-    def _fed_by_image(self, node: fx.Node) -> bool:
-        """Whether ``node``'s signal operand is the model input, directly or through
-        operations that only move or mask pixels (slicing, reshapes, a constant 0/1 mask)."""
-        source = _signal(node)
-        while source is not None and source.op != "placeholder":
-            rule = self._rules.get(source) or self.rules.rule_for(self._site_of_op(source))
-            constant_gate = (isinstance(rule, GateRule)
-                             and all(a.op == "get_attr" for a in source.all_input_nodes
-                                     if a is not _signal(source)))
-            if not (isinstance(rule, RoutingRule) or constant_gate):
-                return False
-            source = _signal(source)
-        return source is not None
-
-    def _site_of_op(self, node: fx.Node) -> Site:
-        op = self.traced.module(node) if node.op == "call_module" else node.target
-        return Site(op, str(node.target) if node.op == "call_module" else None, node.name, False)
-
-    def _uses_input_values(self, node: fx.Node) -> bool:
-        rule = self._rules.get(node) or self.rules.rule_for(self._site(node))
-        return rule is None or rule.uses_input_values
-
-    def _rule(self, node: fx.Node) -> Rule:
-        if node not in self._rules:
-            site = self._site(node)
-            op, name = site.op, site.name
-            rule = self.rules.rule_for(site)
-            if rule is None:
-                what = (type(op).__name__ if isinstance(op, nn.Module) else repr(op)
-                        if isinstance(op, str) else f"{op.__module__}.{op.__qualname__}")
-                raise MissingRuleError(
-                    f"no relevance rule for {what} (at {name or node.name!r}). Register one, "
-                    f"e.g. rules={{{what}: PassRule()}} for an element-wise operation or "
-                    f"rules={{{what}: ZPlusRule()}} for a linear layer")
-            self._rules[node] = rule
-        return self._rules[node]
+                layer = self.module.get_submodule(str(producer.target))
+                if isinstance(layer, LINEAR_LAYERS):
+                    folded[producer] = WithBatchNorm(layer, norm)
+                    norms.add(node)
+        return folded, norms
 
 
-def _signal(node: fx.Node) -> fx.Node | None:
-    """The first operand of ``node`` that is computed (not a parameter or buffer)."""
-    return next((a for a in node.all_input_nodes if a.op != "get_attr"), None)
+def _output_node(cap: Capture) -> fx.Node:
+    node = next((n for n in cap.nodes if n.op == "output"), None)
+    if node is None:
+        raise LayerError("the model's output (the class scores) is not computed from its "
+                         "input; there is nothing to explain")
+    return node.args[0]
+
+
+def _relevance_path(cap: Capture, start: fx.Node) -> set[fx.Node]:
+    """The nodes relevance can reach from ``start``: its ancestors, except those that feed
+    it only as a gate (the broadcast operand of a product of two activations, a divisor),
+    which receive none (:class:`ArithmeticRule`)."""
+    seen, todo = {start}, [start]
+    while todo:
+        node = todo.pop()
+        inputs = node.all_input_nodes
+        if node.op == "call_function" and ops.op_name(node.target) in ("mul", "div") \
+                and len(inputs) > 1:
+            value = cap.values[node]
+            full = [a for a in inputs
+                    if isinstance(cap.values[a], Tensor) and cap.values[a].shape == value.shape]
+            inputs = full[:1] if ops.op_name(node.target) == "mul" else inputs[:1]
+        for arg in inputs:
+            if arg not in seen:
+                seen.add(arg)
+                todo.append(arg)
+    return seen
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    seen, todo = {node}, [node]
+    while todo:
+        for user in todo.pop().users:
+            if user not in seen:
+                seen.add(user)
+                todo.append(user)
+    return seen
+
+
+def _first_linear(cap: Capture, module: nn.Module) -> set[fx.Node]:
+    """Linear operations on the image's path with no linear operation before them (whatever
+    element-wise, routing or affine operations sit in front): where z^B applies."""
+    after_linear: dict[fx.Node, bool] = {}
+    from_image: dict[fx.Node, bool] = {}
+    first: set[fx.Node] = set()
+    for node in cap.nodes:
+        inputs = node.all_input_nodes
+        from_image[node] = node is cap.image or any(from_image.get(a, False) for a in inputs)
+        after_linear[node] = any(after_linear.get(a, False) for a in inputs)
+        if node.op in ("call_module", "call_function") and from_image[node]:
+            if site(cap, module, node, False).kind == ops.LINEAR:
+                if not after_linear[node] and _signal_from_image(node, from_image):
+                    first.add(node)
+                after_linear[node] = True
+    return first
+
+
+def _pixels(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
+    """Which elements of ``node``'s input are pixels of the image, where routing operations
+    (zero padding, cropping, reshapes) sit between the image and it; None when every element
+    is (or it cannot be told)."""
+    masks: dict[fx.Node, Tensor] = {cap.image: torch.ones_like(cap.values[cap.image],
+                                                               dtype=torch.bool)}
+    signal = node.args[0] if node.args else None
+    chain = []
+    while isinstance(signal, fx.Node) and signal is not cap.image:
+        chain.append(signal)
+        live = signal.all_input_nodes
+        signal = live[0] if len(live) == 1 else None
+    if signal is not cap.image:
+        return None
+    for link in reversed(chain):
+        source = link.all_input_nodes[0]
+        if ops.kind_of(_callable(model, link)) == ops.ROUTE:
+            masks[link] = _routed(cap, model, link, masks[source])
+        else:  # element-wise or affine: the same elements (in a fresh layout, as they return)
+            masks[link] = masks[source].contiguous()
+    mask = masks[chain[0]] if chain else None
+    return None if mask is None or bool(mask.all()) else mask
+
+
+def _callable(model: nn.Module, node: fx.Node) -> Any:
+    return model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
+
+
+def _routed(cap: Capture, model: nn.Module, node: fx.Node, mask: Tensor) -> Tensor:
+    """A routing operation applied to a 0/1 mask of its (single) activation input."""
+    source = node.all_input_nodes[0]
+    args = fx.node.map_arg(node.args, lambda n: mask.float() if n is source else cap.values[n])
+    return _callable(model, node)(*args, **node.kwargs).bool()
+
+
+def _padded(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
+    """For a linear operation right behind zero padding (``F.pad``, ``nn.ZeroPad2d``):
+    which input elements are not padding."""
+    signal = node.args[0] if node.args else None
+    if not (isinstance(signal, fx.Node) and signal.op in ("call_function", "call_module")
+            and len(signal.all_input_nodes) == 1):
+        return None
+    op = _callable(model, signal)
+    if not (isinstance(op, nn.modules.padding._ConstantPadNd) or ops.op_name(op) == "pad"):
+        return None
+    source = cap.values[signal.all_input_nodes[0]]
+    return _routed(cap, model, signal, torch.ones_like(source, dtype=torch.bool))
+
+
+def _signal_from_image(node: fx.Node, from_image: dict[fx.Node, bool]) -> bool:
+    signal = node.args[0] if node.args else None
+    return isinstance(signal, fx.Node) and from_image.get(signal, False)
+
+
+def _operation(op: Any, node: fx.Node, cap: Capture) -> Any:
+    """What a rule sees as the operation: the module, a functional linear layer as a view,
+    or the function."""
+    if node.op == "call_function" and ops.kind_of(op) == ops.LINEAR:
+        values = fx.node.map_arg(node.args, lambda n: cap.values[n])
+        kwargs = fx.node.map_arg(dict(node.kwargs), lambda n: cap.values[n])
+        return FunctionalLinear(op, values, kwargs)
+    return op
+
+
+def _missing_rule_message(cap: Capture, node: fx.Node, where: Any) -> str:
+    op = where.op
+    what = (type(op).__name__ if isinstance(op, nn.Module)
+            else f"{getattr(op, '__module__', None) or 'torch'}.{where.op_name}")
+    stack = list(node.meta.get("nn_module_stack", {}))
+    at = where.name or (f"{node.name} in {stack[-1]!r}" if stack else node.name)
+    if where.kind == ops.UNSUPPORTED:
+        return f"no relevance rule for {what} (at {at}): {ops.UNSUPPORTED_REASON}"
+    inputs = [a for a in node.all_input_nodes]
+    value = cap.values.get(node)
+    same_shape = (len(inputs) == 1 and isinstance(value, Tensor)
+                  and cap.values[inputs[0]].shape == value.shape)
+    key = type(op).__name__ if isinstance(op, nn.Module) else repr(where.op_name)
+    advice = [f"if it only moves or copies elements, rules={{{key}: RoutingRule()}}",
+              f"if it sums them with non-negative weights, rules={{{key}: SignAwareZRule()}}"]
+    if same_shape:
+        advice.insert(0, f"if it is element-wise (each output from the input at the same "
+                         f"place), register rules={{{key}: PassRule()}}")
+    return f"no relevance rule for {what} (at {at}); " + "; ".join(advice)

@@ -7,6 +7,10 @@ r"""Gradient-based CAM weightings. With A the CAM layer's output, g = dy_c/dA (y
 - XGrad-CAM:   E_k = w_k A_k,  w_k = \sum_ij g_k A_k / \sum_ij A_k  (0 where the sum is 0;
                pytorch-grad-cam adds 1e-7 to it)
 - Layer-CAM:   E_k(i,j) = relu(g_k(i,j)) A_k(i,j)  (pixel-wise weights)
+
+Each is a :class:`GradientWeighting`: its equation ``components(A, g)`` is all it defines, so
+FG-CAM can feed it the activation and gradient of its own recorded forward pass (one forward
+and one backward in all), while plain CAMs call it like any weighting.
 """
 
 from __future__ import annotations
@@ -16,55 +20,56 @@ from typing import Any
 
 from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum._utils.typing import TargetType
-from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
 from ..propagation.rules import safe_divide
 
 
-def grad_cam(forward_func: Callable[..., Any], layer: nn.Module, inputs: tuple[Tensor, ...],
-             target: TargetType, additional_forward_args: Any = None) -> Tensor:
-    """Grad-CAM components from Captum's ``LayerGradCam`` (``attr_dim_summation=False``)."""
-    components = LayerGradCam(forward_func, layer).attribute(
-        inputs, target=target, additional_forward_args=additional_forward_args,
-        attr_dim_summation=False)
-    return components.detach()
+class GradientWeighting:
+    """A CAM weighting computed from A and g = dy_c/dA alone."""
+
+    requires_target = True
+
+    def __init__(self, name: str, equation: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.name = name
+        self.components = equation
+
+    def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
+                 inputs: tuple[Tensor, ...], target: TargetType,
+                 additional_forward_args: Any = None) -> Tensor:
+        grads, acts = compute_layer_gradients_and_eval(
+            forward_func, layer, inputs, target, additional_forward_args)
+        return self.components(acts[0].detach(), grads[0].detach())
+
+    def __repr__(self) -> str:
+        return f"GradientWeighting({self.name!r})"
 
 
-def _gradients_and_activations(forward_func: Callable[..., Any], layer: nn.Module,
-                               inputs: tuple[Tensor, ...], target: TargetType,
-                               additional_forward_args: Any) -> tuple[Tensor, Tensor]:
-    grads, acts = compute_layer_gradients_and_eval(
-        forward_func, layer, inputs, target, additional_forward_args)
-    return grads[0].detach(), acts[0].detach()
+def _spatial(t: Tensor) -> tuple[int, ...]:
+    return tuple(range(2, t.dim()))
 
 
-def grad_cam_plus_plus(forward_func: Callable[..., Any], layer: nn.Module,
-                       inputs: tuple[Tensor, ...], target: TargetType,
-                       additional_forward_args: Any = None) -> Tensor:
-    """Grad-CAM++ components (the usual closed form with exponential output)."""
-    g, a = _gradients_and_activations(forward_func, layer, inputs, target,
-                                      additional_forward_args)
-    dims = tuple(range(2, g.dim()))
+def _grad_cam(a: Tensor, g: Tensor) -> Tensor:
+    return g.mean(dim=_spatial(g), keepdim=True) * a
+
+
+def _grad_cam_plus_plus(a: Tensor, g: Tensor) -> Tensor:
+    dims = _spatial(g)
     g2 = g.pow(2)
     alpha = safe_divide(g2, 2 * g2 + a.sum(dim=dims, keepdim=True) * g.pow(3))
-    weights = (alpha * g.clamp(min=0)).sum(dim=dims, keepdim=True)
-    return weights * a
+    return (alpha * g.clamp(min=0)).sum(dim=dims, keepdim=True) * a
 
 
-def xgrad_cam(forward_func: Callable[..., Any], layer: nn.Module, inputs: tuple[Tensor, ...],
-              target: TargetType, additional_forward_args: Any = None) -> Tensor:
-    """XGrad-CAM components."""
-    g, a = _gradients_and_activations(forward_func, layer, inputs, target,
-                                      additional_forward_args)
-    dims = tuple(range(2, g.dim()))
-    weights = safe_divide((g * a).sum(dim=dims, keepdim=True), a.sum(dim=dims, keepdim=True))
-    return weights * a
+def _xgrad_cam(a: Tensor, g: Tensor) -> Tensor:
+    dims = _spatial(g)
+    return safe_divide((g * a).sum(dim=dims, keepdim=True), a.sum(dim=dims, keepdim=True)) * a
 
 
-def layer_cam(forward_func: Callable[..., Any], layer: nn.Module, inputs: tuple[Tensor, ...],
-              target: TargetType, additional_forward_args: Any = None) -> Tensor:
-    """Layer-CAM components (pixel-wise positive-gradient weights)."""
-    g, a = _gradients_and_activations(forward_func, layer, inputs, target,
-                                      additional_forward_args)
+def _layer_cam(a: Tensor, g: Tensor) -> Tensor:
     return g.clamp(min=0) * a
+
+
+grad_cam = GradientWeighting("grad_cam", _grad_cam)
+grad_cam_plus_plus = GradientWeighting("grad_cam++", _grad_cam_plus_plus)
+xgrad_cam = GradientWeighting("xgrad_cam", _xgrad_cam)
+layer_cam = GradientWeighting("layer_cam", _layer_cam)

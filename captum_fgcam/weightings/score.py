@@ -59,6 +59,7 @@ class ScoreCamWeighting:
     """Score-CAM channel weights; ``batch_size`` masked images per forward pass."""
 
     VARIANTS = ("reference", "score-cam")
+    requires_target = True
 
     def __init__(self, batch_size: int = 64, variant: str = "reference") -> None:
         if batch_size < 1:
@@ -71,12 +72,19 @@ class ScoreCamWeighting:
     def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
                  inputs: tuple[Tensor, ...], target: TargetType,
                  additional_forward_args: Any = None) -> Tensor:
+        acts = LayerActivation(forward_func, layer).attribute(
+            inputs, additional_forward_args=additional_forward_args).detach()
+        return self.from_activation(forward_func, acts, inputs, target, additional_forward_args)
+
+    def from_activation(self, forward_func: Callable[..., Any], acts: Tensor,
+                        inputs: tuple[Tensor, ...], target: TargetType,
+                        additional_forward_args: Any = None) -> Tensor:
+        """The components for the CAM layer's activation ``acts`` of ``inputs`` (FG-CAM
+        passes the one it recorded): N x C masked forward passes."""
         if len(inputs) != 1:
             raise ValueError("Score-CAM masks a single image input; got "
                              f"{len(inputs)} input tensors")
         x = inputs[0]
-        acts = LayerActivation(forward_func, layer).attribute(
-            inputs, additional_forward_args=additional_forward_args).detach()
         n, c = acts.shape[:2]
         extra = _format_additional_forward_args(additional_forward_args) or ()
         targets = _expand_target(target, c, ExpansionTypes.repeat_interleave)

@@ -1,0 +1,308 @@
+"""Graph capture: the operations that actually ran, recorded while the model runs eagerly.
+
+FG-CAM needs the order in which operations ran (functional ones such as ``+``,
+``torch.chunk`` or ``F.batch_norm`` included) and the value each produced. Instead of tracing
+the model symbolically (``torch.fx`` fails on shape checks, dataclass outputs, ``DataParallel``
+and many Hugging Face models), we run the real model once on the real input and record, with a
+``TorchFunctionMode`` and process-wide module hooks that are active for this thread and this
+model only:
+
+- every call of a built-in ``torch.nn`` module without submodules that the rule map knows
+  (``nn.Conv2d``, ``nn.BatchNorm2d``, ...), as one ``call_module`` node;
+- every other torch function or tensor method that reads an activation (a tensor computed from
+  the input), as a ``call_function`` node; parameters, buffers and tensors computed from them
+  only are constants, not nodes;
+- the input and output of every module of the model (for ``layer`` arguments).
+
+The result is an ``fx.Graph`` of the operations this input ran through, with their values.
+Python control flow is simply executed; the user's forward, its hooks and its side effects run
+exactly as in ``model(x)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import hooks as torch_hooks
+
+from .ops import is_inplace, op_name, out_of_place
+
+
+class CaptureError(TypeError):
+    """The model ran an operation whose effect on activations cannot be recorded."""
+
+
+@dataclass
+class ModuleCall:
+    """One call of a module: the nodes of its tensor inputs and of its output."""
+
+    inputs: list[fx.Node]
+    output: fx.Node | None
+
+
+@dataclass
+class Capture:
+    """The recorded forward pass of one batch."""
+
+    graph: fx.Graph
+    values: dict[fx.Node, Any]
+    output: Any
+    calls: dict[str, list[ModuleCall]]
+    image: fx.Node
+    #: module outputs still attached to autograd (captures with ``grad=True``)
+    live: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.nodes: list[fx.Node] = list(self.graph.nodes)
+        self.position = {node: i for i, node in enumerate(self.nodes)}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module that does the work inside ``DataParallel``, DDP and ``torch.compile``."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def scores_of(output: Any) -> Tensor:
+    """The class scores in a model's output: the tensor, or a Hugging Face ``.logits``."""
+    if isinstance(output, Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(
+        f"the model returned {type(output).__name__}; FG-CAM needs the class scores: a tensor, "
+        "or an output with a .logits tensor (Hugging Face). Wrap the model so that its forward "
+        "returns the scores")
+
+
+class _Recorder(TorchFunctionMode):
+    """Builds the graph while the model runs; see the module docstring."""
+
+    def __init__(self, model: nn.Module, is_leaf: Callable[[nn.Module, str], bool],
+                 keep_live: bool) -> None:
+        super().__init__()
+        self.graph = fx.Graph()
+        self.values: dict[fx.Node, Any] = {}
+        self.nodes_of: dict[int, tuple[Tensor, fx.Node]] = {}  # id(tensor) -> (tensor, node)
+        self.names = {}
+        for name, module in model.named_modules(remove_duplicate=False):
+            self.names.setdefault(id(module), name)
+        self.is_leaf = is_leaf
+        self.keep_live = keep_live
+        self.live: dict[str, Tensor] = {}
+        self.calls: dict[str, list[ModuleCall]] = {}
+        self.stack: list[tuple[str, nn.Module, bool, list[fx.Node], list[Any]]] = []
+        self.inside_leaf = 0
+        self.muted = False  # our own bookkeeping in the module hooks is not recorded
+        self.thread = threading.get_ident()
+        self.counts: dict[str, int] = {}
+        self.batch = -1  # the image batch's size
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def module_stack(self) -> dict[str, tuple[str, type]]:
+        """The modules running now, outermost first (the model itself left out, as fx does)."""
+        return {n: (n, type(m)) for n, m, *_ in self.stack if n}
+
+    def node_of(self, value: Any) -> fx.Node | None:
+        if isinstance(value, Tensor):
+            entry = self.nodes_of.get(id(value))
+            if entry is not None and entry[0] is value:
+                return entry[1]
+        return None
+
+    def bind(self, value: Tensor, node: fx.Node) -> None:
+        self.nodes_of[id(value)] = (value, node)
+        self.values[node] = value.detach()
+
+    def placeholder(self, value: Tensor, index: int) -> fx.Node:
+        if index == 0:
+            self.batch = value.shape[0] if value.dim() else -1
+        node = self.graph.placeholder(f"input_{index}")
+        node.meta["nn_module_stack"] = {}
+        self.bind(value, node)
+        return node
+
+    def _map(self, obj: Any) -> Any:
+        """Activations -> their nodes, everything else (constants) as is."""
+        if isinstance(obj, Tensor):
+            node = self.node_of(obj)
+            return obj if node is None else node
+        if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+            return type(obj)(self._map(o) for o in obj)
+        if isinstance(obj, dict):
+            return {k: self._map(v) for k, v in obj.items()}
+        return obj
+
+    def _live(self, obj: Any) -> list[fx.Node]:
+        found: list[fx.Node] = []
+        fx.node.map_arg(self._map(obj), found.append)
+        return found
+
+    def _protect(self, nodes: list[fx.Node]) -> None:
+        """Copy recorded values an in-place operation is about to overwrite."""
+        for node in nodes:
+            self.values[node] = self.values[node].clone()
+
+    # -- torch functions ---------------------------------------------------------------
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.inside_leaf or self.muted or threading.get_ident() != self.thread:
+            return func(*args, **kwargs)
+        live = self._live((args, kwargs))
+        if not live:
+            return func(*args, **kwargs)
+        name = op_name(func)
+        if is_inplace(func, kwargs):
+            self._protect(live)
+        versions = [self.values[n]._version for n in live if isinstance(self.values[n], Tensor)]
+        mapped_args = self._map(args)  # before the call: in-place ops rebind their output
+        mapped_kwargs = self._map(kwargs)
+        output = func(*args, **kwargs)
+        if not isinstance(output, (Tensor, tuple, list)) or (
+                isinstance(output, (tuple, list))
+                and not any(isinstance(o, Tensor) for o in output)):
+            changed = [v for n, v in zip(live, versions, strict=False)
+                       if isinstance(self.values[n], Tensor) and self.values[n]._version != v]
+            if changed and not is_inplace(func, kwargs):
+                raise CaptureError(
+                    f"the model changes an activation in place with {name} (e.g. "
+                    "x[...] = y); FG-CAM cannot tell which values the following operations "
+                    "saw. Write it out of place (torch.where, torch.cat)")
+            return output
+        self._record_function(func, mapped_args, mapped_kwargs, output, name)
+        return output
+
+    def _record_function(self, func: Any, args: Any, kwargs: Any, output: Any,
+                         name: str) -> None:
+        count = self.counts.get(name, 0)
+        self.counts[name] = count + 1
+        func, kwargs = out_of_place(func, kwargs)
+        node = self.graph.create_node("call_function", func, args, kwargs,
+                                      name=name if count == 0 else f"{name}_{count}")
+        node.meta["nn_module_stack"] = self.module_stack()
+        self._bind_output(node, output)
+
+    def _bind_output(self, node: fx.Node, output: Any) -> None:
+        if isinstance(output, Tensor):
+            self.bind(output, node)
+            return
+        self.values[node] = tuple(o.detach() if isinstance(o, Tensor) else o for o in output)
+        for i, o in enumerate(output):
+            if isinstance(o, Tensor):
+                item = self.graph.create_node("call_function", item_of, (node, i), {},
+                                              name=f"{node.name}_item{i}")
+                item.meta["nn_module_stack"] = node.meta["nn_module_stack"]
+                self.bind(o, item)
+
+    # -- modules -----------------------------------------------------------------------
+    def pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if self.names.get(id(module)) is None or threading.get_ident() != self.thread:
+            return
+        self.muted = True
+        try:
+            self._enter(module, args)
+        finally:
+            self.muted = False
+
+    def post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.names.get(id(module)) is None or threading.get_ident() != self.thread \
+                or not self.stack or self.stack[-1][1] is not module:
+            return
+        self.muted = True
+        try:
+            self._leave(module, output)
+        finally:
+            self.muted = False
+
+    def _enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+        name = self.names[id(module)]
+        inputs = self._live(args)
+        leaf = (not self.inside_leaf and bool(inputs) and self.is_leaf(module, name))
+        if leaf:
+            if getattr(module, "inplace", False):
+                self._protect(inputs)
+            self.inside_leaf += 1
+        self.stack.append((name, module, leaf, inputs, [self._map(args)]))
+
+    def _leave(self, module: nn.Module, output: Any) -> None:
+        name = self.names[id(module)]
+        _, _, leaf, inputs, (mapped_args,) = self.stack[-1]
+        if leaf:
+            self.inside_leaf -= 1
+            self.stack.pop()
+            node = self.graph.create_node("call_module", name, mapped_args, {},
+                                          name=name.replace(".", "_") or "model")
+            node.meta["nn_module_stack"] = self.module_stack()
+            node.meta["nn_module_stack"][name] = (name, type(module))
+            self._bind_output(node, output)
+        else:
+            self.stack.pop()
+        out = self.node_of(output) if isinstance(output, Tensor) else None
+        if out is None and inputs and isinstance(output, Tensor) and output.is_floating_point() \
+                and output.dim() > 0 and output.shape[0] == self.batch:
+            raise CaptureError(
+                f"module {name!r} ({type(module).__name__}) returned a tensor computed from the "
+                "input by operations FG-CAM cannot see (a C++/CUDA extension, TorchScript, or "
+                "an operation that bypasses torch functions); relevance cannot follow them. "
+                "Replace that part by PyTorch operations, or explain a layer before it")
+        self.calls.setdefault(name, []).append(ModuleCall(inputs, out))
+        if self.keep_live and isinstance(output, Tensor):
+            self.live[name] = output
+
+
+def item_of(values: tuple[Any, ...], index: int) -> Any:
+    """Element ``index`` of a multi-output operation (``torch.chunk``, ``split``)."""
+    return values[index]
+
+
+_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _module_hooks(recorder: _Recorder) -> Iterator[None]:
+    with _lock:
+        pre = nn.modules.module.register_module_forward_pre_hook(recorder.pre_hook)
+        post = nn.modules.module.register_module_forward_hook(recorder.post_hook)
+    try:
+        yield
+    finally:
+        with _lock:
+            for handle in (pre, post):
+                if isinstance(handle, torch_hooks.RemovableHandle):
+                    handle.remove()
+
+
+def capture(model: nn.Module, inputs: Sequence[Tensor], extra: Sequence[Any] = (),
+            is_leaf: Callable[[nn.Module, str], bool] = lambda m, n: False,
+            grad: bool = False) -> Capture:
+    """Run ``model(*inputs, *extra)`` once and record its operations on ``inputs``.
+
+    ``is_leaf(module, name)`` says which modules are recorded as one node (their inside is not
+    recorded). With ``grad`` the forward pass builds an autograd graph, and the module outputs
+    are kept attached to it in ``Capture.live`` (for gradient CAM weightings).
+    """
+    recorder = _Recorder(model, is_leaf, grad)
+    placeholders = [recorder.placeholder(x, i) for i, x in enumerate(inputs)]
+    with torch.set_grad_enabled(grad), _module_hooks(recorder), recorder:
+        output = model(*inputs, *extra)
+    scores = scores_of(output)
+    result = recorder.node_of(scores)
+    if result is not None:
+        recorder.graph.output(result)
+    return Capture(recorder.graph, recorder.values, output, recorder.calls, placeholders[0],
+                   recorder.live)
