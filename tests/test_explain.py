@@ -232,3 +232,11 @@ def test_plot_grid_and_views(sign):
     views = plot_views(img, maps["A"]["l1"], title="one map")
     titles = [ax.get_title() for ax in views.axes]
     assert titles[:3] == ["image", "signed (green +, red -)", "positive, over the image"]
+
+
+def test_a_vision_transformer_is_refused_before_any_figure(image, tmp_path, capsys):
+    out = tmp_path / "vit.png"
+    assert explain(image, "--model", "vit_b_16", "--out", out) == 2
+    line = error_line(capsys)
+    assert "attention" in line and "cannot be explained" in line
+    assert not out.exists()

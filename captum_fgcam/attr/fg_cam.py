@@ -75,6 +75,7 @@ class FGCam(LayerAttribution, GradientAttribution):
         self.cam_layer = None if cam_layer is None else resolve_module(module, cam_layer)
         self.weighting = get_weighting(weighting)
         self.upsampler = FineGrainedUpsampler(model, cam_layer, layer, rules, fold_batchnorm)
+        self._found_cam: str | None = None
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
@@ -133,10 +134,14 @@ class FGCam(LayerAttribution, GradientAttribution):
         n = inputs[0].shape[0]
         gradient = isinstance(self.weighting, GradientWeighting)
         with preserved_state(module):
-            if gradient:  # the recorded pass also gives A and dy/dA: no second forward
-                inputs = tuple(x.detach().requires_grad_(True).clone() for x in inputs)
-            cap = up.capture(inputs, additional_forward_args, grad=gradient)
+            # The recorded pass also gives A and dy/dA for gradient weightings: autograd runs
+            # from the CAM layer's output on (the one found last time when not given).
+            guess = up.from_name or self._found_cam
+            cap = up.capture(inputs, additional_forward_args, guess if gradient else None)
             cam_name = up.from_name or cam_layer_in(cap, module)
+            if gradient and cam_name != guess:  # first call: the CAM layer was not known yet
+                cap = up.capture(inputs, additional_forward_args, cam_name)
+            self._found_cam = None if up.from_name else cam_name
             self.cam_layer = module.get_submodule(cam_name)
             span = up.span(cap, to_input, cam_name)
             scores = scores_of(cap.output)

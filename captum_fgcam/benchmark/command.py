@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import metrics
+from ..propagation import PRESETS
 from .data import ImageNetVal, SceneItems
 from .methods import METHODS
 from .runner import Settings, run, write_tables
@@ -58,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
                         help="output folder for results.md, results.csv, results.png")
     parser.add_argument("--seed", type=int, default=0, help="scenes: seed of the test split")
+    parser.add_argument("--rules", choices=sorted(PRESETS), default="conserving",
+                        help="relevance rule preset of FG-CAM and LRP (default: conserving)")
 
 
 def _device(arg: str | None) -> torch.device:
@@ -115,7 +118,7 @@ def run_command(args: argparse.Namespace) -> int:
             pixels_per_step=args.pixels_per_step,
             blur=(metrics.Blur(int(args.blur[0]), args.blur[1]) if args.blur
                   else metrics.Blur()),
-            use_softmax=not args.logits)
+            use_softmax=not args.logits, rules=args.rules)
         results = run(model, data, settings,
                       None if unseen is None else unseen.to(device))
         if not dist.is_initialized() or dist.get_rank() == 0:

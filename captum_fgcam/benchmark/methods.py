@@ -27,29 +27,32 @@ class Method:
     """A named method; ``build(model, layer, to_input)`` returns its explainer."""
 
     name: str
-    build: Callable[[nn.Module, str, bool], Explainer]
+    build: Callable[[nn.Module, str, bool, str], Explainer]
     at_input: bool  # whether it gives maps at the image
     at_layers: bool  # whether it gives maps at intermediate layers
 
 
-def _plain(cls: type) -> Callable[[nn.Module, str, bool], Explainer]:
-    def build(model: nn.Module, layer: str, to_input: bool) -> Explainer:
+Builder = Callable[[nn.Module, str, bool, str], Explainer]
+
+
+def _plain(cls: type) -> Builder:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
         cam = cls(model, model.get_submodule(layer))
         return lambda x, t: cam.attribute(x, t, relu_attributions=True)
     return build
 
 
-def _fine_grained(cls: type, denoise: bool) -> Callable[[nn.Module, str, bool], Explainer]:
-    def build(model: nn.Module, layer: str, to_input: bool) -> Explainer:
-        fg = cls(model, layer)
+def _fine_grained(cls: type, denoise: bool) -> Builder:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+        fg = cls(model, layer, rules=rules)
         return lambda x, t: fg.attribute(x, t, attribute_to_layer_input=to_input,
                                          denoise=denoise)
     return build
 
 
-def _lrp(cls: type) -> Callable[[nn.Module, str, bool], Explainer]:
-    def build(model: nn.Module, layer: str, to_input: bool) -> Explainer:
-        lrp = cls(model, layer)
+def _lrp(cls: type) -> Builder:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+        lrp = cls(model, layer, rules=rules)
         return lambda x, t: lrp.attribute(x, t, attribute_to_layer_input=to_input)
     return build
 
@@ -69,9 +72,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 
 def explainers(model: nn.Module, methods: Sequence[str], layers: Sequence[str],
-               example: Tensor | None = None) -> dict[tuple[str, str], Explainer]:
+               example: Tensor | None = None, rules: str = "conserving"
+               ) -> dict[tuple[str, str], Explainer]:
     """One explainer per applicable (method, layer) pair, in table order (``example``: an
-    input batch, to find the image layer on)."""
+    input batch, to find the image layer on; ``rules``: FG-CAM's and LRP's rule preset)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
@@ -83,5 +87,5 @@ def explainers(model: nn.Module, methods: Sequence[str], layers: Sequence[str],
             method = METHODS[name]
             if (method.at_input if to_input else method.at_layers):
                 out[name, layer] = method.build(model, image_layer if to_input else layer,
-                                                to_input)
+                                                to_input, rules)
     return out

@@ -58,6 +58,7 @@ class Settings:
     blur: metrics.Blur = field(default_factory=metrics.Blur)
     use_softmax: bool = True
     progress: bool = True
+    rules: str = "conserving"  # FG-CAM's and LRP's relevance rule preset
 
 
 def default_layers(model: nn.Module, example: Tensor | None = None) -> list[str]:
@@ -86,7 +87,7 @@ def run(model: nn.Module, data: Dataset, settings: Settings,
     layers = list(settings.layers) or default_layers(model, example)
     rank, world = ((dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
                    else (0, 1))
-    pairs = explainers(model, settings.methods, layers, example)
+    pairs = explainers(model, settings.methods, layers, example, settings.rules)
     sums = {pair: torch.zeros(len(SUMS), dtype=torch.float64) for pair in pairs}
     loader = DataLoader(_shard(data, rank, world), batch_size=settings.batch_size)
     batches = loader

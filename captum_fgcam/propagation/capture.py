@@ -57,7 +57,7 @@ class Capture:
     output: Any
     calls: dict[str, list[ModuleCall]]
     image: fx.Node
-    #: module outputs still attached to autograd (captures with ``grad=True``)
+    #: the ``grad_from`` module's output, the root of an autograd graph to the scores
     live: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,16 +93,19 @@ class _Recorder(TorchFunctionMode):
     """Builds the graph while the model runs; see the module docstring."""
 
     def __init__(self, model: nn.Module, is_leaf: Callable[[nn.Module, str], bool],
-                 keep_live: bool) -> None:
+                 reads_values: Callable[[Any], bool], grad_from: str | None) -> None:
         super().__init__()
         self.graph = fx.Graph()
         self.values: dict[fx.Node, Any] = {}
         self.nodes_of: dict[int, tuple[Tensor, fx.Node]] = {}  # id(tensor) -> (tensor, node)
-        self.names = {}
+        self.names: dict[int, str] = {}
+        self.modules: dict[str, nn.Module] = {}
         for name, module in model.named_modules(remove_duplicate=False):
             self.names.setdefault(id(module), name)
+            self.modules[name] = module
         self.is_leaf = is_leaf
-        self.keep_live = keep_live
+        self.reads_values = reads_values
+        self.grad_from = grad_from
         self.live: dict[str, Tensor] = {}
         self.calls: dict[str, list[ModuleCall]] = {}
         self.stack: list[tuple[str, nn.Module, bool, list[fx.Node], list[Any]]] = []
@@ -152,10 +155,16 @@ class _Recorder(TorchFunctionMode):
         fx.node.map_arg(self._map(obj), found.append)
         return found
 
-    def _protect(self, nodes: list[fx.Node]) -> None:
-        """Copy recorded values an in-place operation is about to overwrite."""
+    def _protect(self, nodes: list[fx.Node], op: Any) -> None:
+        """Copy recorded values an in-place operation ``op`` is about to overwrite, where its
+        rule or the rule of an operation that already read them needs the values."""
         for node in nodes:
-            self.values[node] = self.values[node].clone()
+            readers = [op] + [self._op(user) for user in node.users]
+            if any(self.reads_values(r) for r in readers):
+                self.values[node] = self.values[node].clone()
+
+    def _op(self, node: fx.Node) -> Any:
+        return self.modules[str(node.target)] if node.op == "call_module" else node.target
 
     # -- torch functions ---------------------------------------------------------------
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
@@ -167,8 +176,9 @@ class _Recorder(TorchFunctionMode):
         if not live:
             return func(*args, **kwargs)
         name = op_name(func)
-        if is_inplace(func, kwargs):
-            self._protect(live)
+        target = self.node_of(args[0]) if args else None
+        if is_inplace(func, kwargs) and target is not None:
+            self._protect([target], func)
         versions = [self.values[n]._version for n in live if isinstance(self.values[n], Tensor)]
         mapped_args = self._map(args)  # before the call: in-place ops rebind their output
         mapped_kwargs = self._map(kwargs)
@@ -219,13 +229,13 @@ class _Recorder(TorchFunctionMode):
         finally:
             self.muted = False
 
-    def post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def post_hook(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if self.names.get(id(module)) is None or threading.get_ident() != self.thread \
                 or not self.stack or self.stack[-1][1] is not module:
-            return
+            return None
         self.muted = True
         try:
-            self._leave(module, output)
+            return self._leave(module, output)
         finally:
             self.muted = False
 
@@ -235,11 +245,11 @@ class _Recorder(TorchFunctionMode):
         leaf = (not self.inside_leaf and bool(inputs) and self.is_leaf(module, name))
         if leaf:
             if getattr(module, "inplace", False):
-                self._protect(inputs)
+                self._protect(inputs, module)
             self.inside_leaf += 1
         self.stack.append((name, module, leaf, inputs, [self._map(args)]))
 
-    def _leave(self, module: nn.Module, output: Any) -> None:
+    def _leave(self, module: nn.Module, output: Any) -> Any:
         name = self.names[id(module)]
         _, _, leaf, inputs, (mapped_args,) = self.stack[-1]
         if leaf:
@@ -261,8 +271,14 @@ class _Recorder(TorchFunctionMode):
                 "an operation that bypasses torch functions); relevance cannot follow them. "
                 "Replace that part by PyTorch operations, or explain a layer before it")
         self.calls.setdefault(name, []).append(ModuleCall(inputs, out))
-        if self.keep_live and isinstance(output, Tensor):
+        if name == self.grad_from and out is not None:
+            # from here on the forward pass builds an autograd graph, rooted at this output
+            torch.set_grad_enabled(True)
+            output = output.detach().requires_grad_(True)
+            self.nodes_of[id(output)] = (output, out)
             self.live[name] = output
+            return output
+        return None
 
 
 def item_of(values: tuple[Any, ...], index: int) -> Any:
@@ -289,16 +305,21 @@ def _module_hooks(recorder: _Recorder) -> Iterator[None]:
 
 def capture(model: nn.Module, inputs: Sequence[Tensor], extra: Sequence[Any] = (),
             is_leaf: Callable[[nn.Module, str], bool] = lambda m, n: False,
-            grad: bool = False) -> Capture:
-    """Run ``model(*inputs, *extra)`` once and record its operations on ``inputs``.
+            reads_values: Callable[[Any], bool] = lambda op: True,
+            grad_from: str | None = None) -> Capture:
+    """Run ``model(*inputs, *extra)`` once, without autograd, and record its operations on
+    ``inputs``.
 
     ``is_leaf(module, name)`` says which modules are recorded as one node (their inside is not
-    recorded). With ``grad`` the forward pass builds an autograd graph, and the module outputs
-    are kept attached to it in ``Capture.live`` (for gradient CAM weightings).
+    recorded); ``reads_values(op)`` whether the rule of a module or function reads the values
+    of its inputs (an in-place operation then copies the value it overwrites). With
+    ``grad_from``, the output of that module is the root of an autograd graph through the
+    rest of the forward pass, kept in ``Capture.live`` (for gradient CAM weightings: dy/dA,
+    as Captum's layer attributions compute it).
     """
-    recorder = _Recorder(model, is_leaf, grad)
+    recorder = _Recorder(model, is_leaf, reads_values, grad_from)
     placeholders = [recorder.placeholder(x, i) for i, x in enumerate(inputs)]
-    with torch.set_grad_enabled(grad), _module_hooks(recorder), recorder:
+    with torch.no_grad(), _module_hooks(recorder), recorder:
         output = model(*inputs, *extra)
     scores = scores_of(output)
     result = recorder.node_of(scores)

@@ -229,11 +229,11 @@ def cam_layer_in(cap: Capture, model: nn.Module) -> str:
         raise LayerError(
             f"could not find a CAM layer in {type(model).__name__} (the module whose output "
             "feeds the classifier's global pooling); pass cam_layer= explicitly")
-    after = [s for n, s in kinds if cap.position[n] > cap.position[feature]
-             and s.kind == ops.UNSUPPORTED]
-    before = [s for n, s in kinds if n in ancestors(feature) and s.kind == ops.UNSUPPORTED]
-    if after or before:
-        what = (after or before)[0]
+    feeding = ancestors(feature)
+    unsupported = [s for n, s in kinds if s.kind == ops.UNSUPPORTED
+                   and (n in feeding or cap.position[n] > cap.position[feature])]
+    if unsupported:
+        what = unsupported[0]
         raise LayerError(
             f"{type(model).__name__} runs {what.op_name} ({what.kind} operation) around its "
             f"candidate CAM layer {name!r}: {ops.UNSUPPORTED_REASON}")

@@ -114,6 +114,9 @@ def to_first_input(call: Call, relevance: Tensor) -> list[Tensor | None]:
 class Rule(ABC):
     """How relevance crosses one operation. Subclasses implement :meth:`propagate`."""
 
+    #: False for rules that only need the shape of an operation's inputs (then an in-place
+    #: operation need not keep a copy of the value it overwrites)
+    reads_values: bool = True
     #: True for rules that read recorded 4-D values in the channels-last memory format (the
     #: layout relevance moves in after a convolution); only the layout changes, not the values.
     channels_last: bool = False
@@ -309,7 +312,7 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     channels-last memory format, which the convolution kernels run fastest in (values are
     unchanged; only the layout differs). ``joined``: the inputs concatenated along that axis
     (channels, or features), if the caller has them already (``xs`` then being its chunks).
-    ``dropped``: a list that receives the relevance of the outputs with z_j = 0.
+    ``dropped``: a list that receives the relevance of the outputs with z_j = 0, if any.
     """
     layer = module.layer if isinstance(module, LinearView) else module
     is_conv = not fully_connected(layer)
@@ -330,7 +333,9 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
             for x, w in zip(xs[1:], weights[1:], strict=True):
                 z += f(x, w, None)
         if dropped is not None:
-            dropped.append(relevance.masked_fill(z != 0, 0.0))
+            zero = z == 0
+            if bool(zero.any()):
+                dropped.append(relevance * zero)
         s = (relevance / _stabilise(z, epsilon) if epsilon
              else safe_divide(relevance, z, out=z))
         if joint:
@@ -382,6 +387,8 @@ class PassRule(Rule):
     (flatten, view). Conserves relevance exactly.
     """
 
+    reads_values = False
+
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         return to_first_input(call, relevance.reshape(call.x.shape))
 
@@ -412,6 +419,8 @@ class RoutingRule(Rule):
     each input element gets the relevance of the output element it became, R_in = J^T R
     (J is a 0/1 matrix). Conserves relevance exactly.
     """
+
+    reads_values = False
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         tensors = [call.inputs[p] for p in call.tensor_positions()]
@@ -560,7 +569,9 @@ class ArithmeticRule(Rule):
         if name in ("add", "sub") and len(live) > 1:
             alpha = call.kwargs.get("alpha", 1)
             signs = [1.0] + [(-1.0 if name == "sub" else 1.0) * alpha] * (len(live) - 1)
-            parts = [inputs[p].expand_as(relevance) * s for p, s in zip(live, signs, strict=True)]
+            parts = [inputs[p] if s == 1.0 and inputs[p].shape == relevance.shape
+                     else inputs[p].expand_as(relevance) * s
+                     for p, s in zip(live, signs, strict=True)]
             shares = SignAwareZRule._plain_sum(parts, relevance, self.fallback)
             for p, share in zip(live, shares, strict=True):
                 out[p] = share.sum_to_size(inputs[p].shape)
@@ -627,7 +638,7 @@ class ZPlusRule(Rule):
             xs = [x.contiguous(memory_format=layout)]
             r = linear_terms(module, xs, [w.clamp(min=0)], relevance, self.epsilon,
                              dropped=dropped)
-            if dropped and bool(dropped[0].any()):
+            if dropped:
                 r = r + self._fallback(module, xs, [w.clamp(max=0)], dropped[0])
             return to_first_input(call, r)
         weights = [w.clamp(min=0), w.clamp(max=0)]
@@ -644,7 +655,7 @@ class ZPlusRule(Rule):
         torch.clamp(x, max=0, out=parts[1])
         r = linear_terms(module, parts, weights, relevance, self.epsilon, joined=joined,
                          dropped=dropped)
-        if dropped and bool(dropped[0].any()):
+        if dropped:
             r = r + self._fallback(module, parts, weights[::-1], dropped[0])
         return to_first_input(call, r)
 
@@ -655,7 +666,7 @@ class ZPlusRule(Rule):
         exist: zero padding holds none)."""
         dropped: list[Tensor] = []
         r = linear_terms(module, xs, weights, relevance, self.epsilon, dropped=dropped)
-        if bool(dropped[0].any()):
+        if dropped:
             w = module.weight.detach()
             exists = (torch.ones_like(xs[0]) if self.valid is None
                       else self.valid.to(xs[0]).expand_as(xs[0]))

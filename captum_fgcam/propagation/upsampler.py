@@ -33,7 +33,7 @@ from .graph import (
     require_module,
     site,
 )
-from .presets import RuleMap, resolve_rules
+from .presets import RuleMap, Site, resolve_rules
 from .rules import (
     LINEAR_LAYERS,
     Call,
@@ -139,10 +139,21 @@ class FineGrainedUpsampler:
 
     # -- recording ---------------------------------------------------------------------
     def capture(self, inputs: Sequence[Tensor], additional_forward_args: Any = None,
-                grad: bool = False) -> Capture:
-        """Run the model once on ``inputs`` and record what propagation needs."""
+                grad_from: str | None = None) -> Capture:
+        """Run the model once on ``inputs`` and record what propagation needs (with
+        ``grad_from``: an autograd graph from that module's output to the scores)."""
         extra = _format_additional_forward_args(additional_forward_args) or ()
-        return capture(self.module, tuple(inputs), extra, self._is_leaf, grad)
+        return capture(self.module, tuple(inputs), extra, self._is_leaf, self._reads_values,
+                       grad_from)
+
+    def _reads_values(self, op: Any) -> bool:
+        """Whether the rule for a module or function reads its input values (unknown: yes)."""
+        if isinstance(op, nn.Module):
+            where = Site(op, None, "", False, type(op).__name__, ops.kind_of(op))
+        else:
+            where = Site(op, None, "", False, ops.op_name(op), ops.kind_of(op))
+        rule = self.rules.rule_for(where)
+        return rule is None or rule.reads_values
 
     def span(self, cap: Capture, attribute_to_layer_input: bool = False,
              from_name: str | None = None) -> Span:
