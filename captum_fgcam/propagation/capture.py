@@ -274,9 +274,10 @@ class _Recorder(TorchFunctionMode):
         if name == self.grad_from and out is not None:
             # from here on the forward pass builds an autograd graph, rooted at this output
             torch.set_grad_enabled(True)
-            output = output.detach().requires_grad_(True)
+            root = output.detach().requires_grad_(True)
+            output = root.clone()  # not a leaf: the model may change it in place
             self.nodes_of[id(output)] = (output, out)
-            self.live[name] = output
+            self.live[name] = root
             return output
         return None
 
