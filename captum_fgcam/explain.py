@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
 from .attr import LRP, FGGradCam, FGScoreCam, LayerCam, ScoreCam
+from .outputs import OutputError, check_outputs, written
 from .propagation import LayerError, MissingRuleError, find_cam_layer
 from .propagation.graph import find_input_layer
 from .visualization import UPSAMPLING, plot_grid, to_image_map
@@ -248,6 +249,8 @@ def load_images(paths: Sequence[Path], preprocessing: Preprocessing
         except UnidentifiedImageError as err:
             raise ExplainError(f"cannot read image {path}: not an image file Pillow knows; "
                                "pass a PNG, JPEG, WebP, ... file") from err
+        except OSError as err:  # truncated or damaged files
+            raise ExplainError(f"cannot read image {path}: {err}") from err
         image, x = preprocessing(raw)
         shown.append(image)
         batch.append(x)
@@ -367,11 +370,16 @@ def explain(args: argparse.Namespace) -> None:
     """Everything ``run`` does, raising :class:`ExplainError` for user errors."""
     for path in args.images:
         if not path.is_file():
-            raise ExplainError(f"image file {path} not found")
+            raise ExplainError(f"image file {path} not found" if not path.is_dir() else
+                               f"{path} is a folder; pass image files")
+    if args.size is not None and args.size < 1:
+        raise ExplainError(f"--size {args.size}: give a positive number of pixels")
     if args.maps is not None and args.maps.suffix not in MAP_SUFFIXES:
         raise ExplainError(f"--maps {args.maps}: use a .pt or .npy file name")
     if args.out.suffix.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
         raise ExplainError(f"--out {args.out}: use a figure file name such as explain.png")
+    outputs = _outputs(args.out, args.images)
+    check_outputs(outputs + ([args.maps] if args.maps is not None else []), args.images)
     loaded = load_model(args.model, args.weights, args.arch)
     model = loaded.model
     shown, x = load_images(args.images, loaded.preprocessing.sized(args.size))
@@ -385,7 +393,6 @@ def explain(args: argparse.Namespace) -> None:
     columns = {layer: _column(layer, maps, cam_layer) for layer in layers
                if any(layer in row for row in maps.values())}
     probabilities = logits.softmax(dim=1)
-    outputs = _outputs(args.out, args.images)
     for i, (image, out) in enumerate(zip(shown, outputs, strict=True)):
         t = targets[i]
         name = f" {loaded.categories[t]!r}" if loaded.categories else ""
@@ -396,11 +403,13 @@ def explain(args: argparse.Namespace) -> None:
                  for row, by_layer in maps.items()}
         fig = plot_grid(image, cells, sign=args.sign, title=title, method="blended_heat_map",
                         mode=args.upsample)
-        fig.savefig(out, dpi=110)
+        with written(out) as partial:
+            fig.savefig(partial, dpi=110)
         plt.close(fig)
         print(f"{args.images[i]}: class {t}{name} -> {out}")
     if args.maps is not None:
-        save_maps(args.maps, maps, layers, args.images, targets, x.shape[-2:], args.upsample)
+        with written(args.maps) as partial:
+            save_maps(partial, maps, layers, args.images, targets, x.shape[-2:], args.upsample)
         print(f"maps -> {args.maps}")
 
 
@@ -408,7 +417,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``explain``; user errors print one line (no traceback) and return 2."""
     try:
         explain(args)
-    except (ExplainError, LayerError, MissingRuleError) as err:
+    except (ExplainError, OutputError, LayerError, MissingRuleError) as err:
         print(f"captum-fgcam explain: error: {_one_line(err, 1000)}", file=sys.stderr)
         return 2
     return 0

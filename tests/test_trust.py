@@ -6,12 +6,14 @@ and the key words of its message).
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from conftest import image_batch, layer_output
 from torch import nn
 
-from captum_fgcam import FGCam, FGGradCam, LayerError
+from captum_fgcam import FGCam, FGGradCam, LayerError, cli
+from captum_fgcam.outputs import written
 
 
 class Small(nn.Module):
@@ -136,3 +138,94 @@ def test_the_model_itself_as_layer():
         x, 1, attribute_to_layer_input=True)
     torch.testing.assert_close(image, FGGradCam(model, "conv1", cam_layer="conv2").attribute(
         x, 1, attribute_to_layer_input=True))
+
+
+# -- files: never destroyed, never half-written ----------------------------------------------
+
+def _png(path, seed: int = 0):
+    import matplotlib.image
+
+    rng = np.random.default_rng(seed)
+    matplotlib.image.imsave(path, rng.random((40, 50, 3)))
+    return path
+
+
+def _explain(*args) -> int:
+    return cli.main(["explain", *map(str, args), "--model", "resnet18"])
+
+
+def test_explain_never_overwrites_an_input(tmp_path, capsys):
+    dog = _png(tmp_path / "dog.png")
+    other = _png(tmp_path / "explain-dog.png", seed=1)
+    before = {p: p.read_bytes() for p in (dog, other)}
+    assert _explain(dog, "--out", dog) == 2
+    assert "is the input" in capsys.readouterr().err
+    # two images: outputs explain-dog.png (= the second input) and explain-explain-dog.png
+    assert _explain(dog, other, "--out", tmp_path / "explain.png") == 2
+    assert "is the input" in capsys.readouterr().err
+    assert _explain(dog, "--maps", dog.with_suffix(".npy"), "--out",
+                    tmp_path / "missing" / "fig.png") == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (dog, other)} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dog.png", "explain-dog.png"]
+
+
+@pytest.mark.parametrize("problem", ["size", "truncated", "folder"])
+def test_explain_user_mistakes_end_with_one_line(tmp_path, capsys, problem):
+    image = _png(tmp_path / "cat.png")
+    args: list = [image, "--out", tmp_path / "fig.png"]
+    if problem == "size":
+        args += ["--size", "0"]
+    elif problem == "truncated":
+        jpeg = tmp_path / "cut.jpg"
+        from PIL import Image
+
+        Image.open(image).convert("RGB").save(jpeg)
+        jpeg.write_bytes(jpeg.read_bytes()[:200])
+        args[0] = jpeg
+    else:
+        args[0] = tmp_path
+    assert _explain(*args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _benchmark(*args) -> int:
+    return cli.main(["benchmark", *map(str, args)])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--images", "0"], "at least 1 image"),
+    (["--methods", "fg-grad-cam"], "unknown method"),
+    (["--model", "resnet18"], "not a zoo model"),
+    (["--batch-size", "0"], "positive"),
+])
+def test_benchmark_user_mistakes_keep_earlier_results(tmp_path, capsys, args, message):
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "results.csv").write_text("earlier, complete results\n")
+    assert _benchmark("--out", out, *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert (out / "results.csv").read_text() == "earlier, complete results\n"
+
+
+def test_benchmark_refuses_an_unwritable_out_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert _benchmark("--out", blocker, "--quick") == 2
+    assert "is a file" in capsys.readouterr().err
+    assert _benchmark("--out", blocker / "sub", "--quick") == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
+    target = tmp_path / "fig.png"
+    target.write_text("previous")
+    with pytest.raises(KeyboardInterrupt), written(target) as partial:
+        partial.write_text("half")
+        raise KeyboardInterrupt
+    assert target.read_text() == "previous" and list(tmp_path.iterdir()) == [target]
+    with written(target) as partial:
+        partial.write_text("new")
+    assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]

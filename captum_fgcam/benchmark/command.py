@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -15,7 +16,8 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import metrics
-from ..propagation import PRESETS
+from ..outputs import OutputError, check_outputs
+from ..propagation import PRESETS, LayerError, MissingRuleError
 from .data import ImageNetVal, SceneItems
 from .methods import METHODS
 from .runner import Settings, run, write_tables
@@ -82,7 +84,8 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | N
                   if hasattr(model, "unseen_mask") else None)
         return model, SceneItems(scenes), unseen, f"{name} on {args.images} held-out scenes"
     if args.root is None or args.boxes is None:
-        raise SystemExit("--data imagenet needs --root (the val images) and --boxes (the XMLs)")
+        raise BenchmarkError("--data imagenet needs --root (the val images) and --boxes (the "
+                             "XMLs)")
     import torchvision
 
     name = args.model or "vgg16_bn"
@@ -90,19 +93,56 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | N
     try:
         model = torchvision.models.get_model(name, weights=weights)
     except (ValueError, KeyError) as err:
-        raise SystemExit(f"cannot build torchvision model {name!r} with weights "
-                         f"{args.weights!r}: {err}") from err
+        raise BenchmarkError(f"cannot build torchvision model {name!r} with weights "
+                             f"{args.weights!r}: {err}") from err
     except OSError as err:  # URLError is an OSError: weights not cached, no internet
-        raise SystemExit(f"weights {args.weights!r} for {name} are not cached in "
-                         "~/.cache/torch/hub/checkpoints and cannot be downloaded "
-                         f"({err}); download them once with internet access") from err
+        raise BenchmarkError(f"weights {args.weights!r} for {name} are not cached in "
+                             "~/.cache/torch/hub/checkpoints and cannot be downloaded "
+                             f"({err}); download them once with internet access") from err
     data = ImageNetVal(args.root, args.boxes, size=args.size)
     if len(data) > args.images:
         data = torch.utils.data.Subset(data, range(args.images))
     return model.eval(), data, None, f"{name} ({args.weights}) on {len(data)} ImageNet images"
 
 
+class BenchmarkError(ValueError):
+    """A user error: reported as one line on stderr, exit code 2."""
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every argument that can be checked before any work."""
+    if args.images < 1:
+        raise BenchmarkError(f"--images {args.images}: give at least 1 image")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise BenchmarkError(f"unknown method(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(METHODS)}")
+    for name, value in [("--batch-size", args.batch_size),
+                        ("--metric-batch-size", args.metric_batch_size),
+                        ("--pixels-per-step", args.pixels_per_step)]:
+        if value < 1:
+            raise BenchmarkError(f"{name} {value}: give a positive number")
+    if args.data == "scenes" and args.model is not None:
+        from .. import zoo
+
+        if args.model not in zoo.names():
+            raise BenchmarkError(f"--model {args.model} is not a zoo model, which the scenes "
+                                 f"need ({', '.join(zoo.names())}); for a torchvision model "
+                                 "use --data imagenet")
+    check_outputs([], folders=[args.out])
+
+
 def run_command(args: argparse.Namespace) -> int:
+    """Run ``benchmark``; user errors print one line (no traceback) and return 2."""
+    try:
+        _check(args)
+        return _run(args)
+    except (BenchmarkError, OutputError, LayerError, MissingRuleError) as err:
+        print(f"captum-fgcam benchmark: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = _device(args.device)
     if distributed and not dist.is_initialized():

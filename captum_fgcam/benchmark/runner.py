@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import metrics
+from ..outputs import written
 from ..propagation import find_cam_layer
 from .methods import INPUT, METHODS, explainers
 
@@ -147,14 +148,15 @@ def report(sums: Tensor) -> dict[str, float]:
 # -- tables -------------------------------------------------------------------------------
 def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
                  title: str, metrics_shown: Sequence[str] | None = None) -> list[Path]:
-    """CSV (long format), Markdown (one method x layer table per metric) and a PNG plot."""
+    """CSV (long format), Markdown (one method x layer table per metric) and a PNG plot; each
+    file is replaced only once its new content is complete."""
     out.mkdir(parents=True, exist_ok=True)
     shown = [m for m in (metrics_shown or REPORTED)
              if any(not math.isnan(r[m]) for r in results.values())]
     methods = list(dict.fromkeys(m for m, _ in results))
     layers = list(dict.fromkeys(layer for _, layer in results))
     csv_path = out / "results.csv"
-    with csv_path.open("w", newline="") as f:
+    with written(csv_path) as partial, partial.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method", "layer", "metric", "value", "images"])
         for (method, layer), r in results.items():
@@ -171,9 +173,11 @@ def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     md_path = out / "results.md"
-    md_path.write_text("\n".join(lines))
+    with written(md_path) as partial:
+        partial.write_text("\n".join(lines))
     png_path = out / "results.png"
-    _plot(results, methods, layers, shown, png_path, title)
+    with written(png_path) as partial:
+        _plot(results, methods, layers, shown, partial, title)
     return [csv_path, md_path, png_path]
 
 

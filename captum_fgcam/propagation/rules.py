@@ -335,7 +335,9 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
         if dropped is not None:
             zero = z == 0
             if bool(zero.any()):
-                dropped.append(relevance * zero)
+                leftover = relevance * zero
+                if bool(leftover.any()):
+                    dropped.append(leftover)
         s = (relevance / _stabilise(z, epsilon) if epsilon
              else safe_divide(relevance, z, out=z))
         if joint:
@@ -663,15 +665,50 @@ class ZPlusRule(Rule):
                   relevance: Tensor) -> Tensor:
         r"""``relevance`` (where z_j = 0) to the opposite-sign contributions; where those are
         all 0 too, the w^2 rule R_i = w_ij^2 R_j / \sum_i' w_i'j^2 (over the inputs that
-        exist: zero padding holds none)."""
+        exist: zero padding holds none). For a depthwise convolution only the channels that
+        hold such relevance are computed."""
+        channels = _depthwise_channels(module, relevance)
+        if channels is not None:
+            sub = _channel_subset(module, channels)
+            r = torch.zeros_like(xs[0])
+            r[:, channels] = self._fallback_terms(
+                sub, [x[:, channels] for x in xs], [w[channels] for w in weights],
+                relevance[:, channels], None if self.valid is None
+                else self.valid.expand_as(xs[0])[:, channels])
+            return r
+        return self._fallback_terms(module, xs, weights, relevance, self.valid)
+
+    def _fallback_terms(self, module: Any, xs: list[Tensor], weights: list[Tensor],
+                        relevance: Tensor, valid: Tensor | None) -> Tensor:
         dropped: list[Tensor] = []
         r = linear_terms(module, xs, weights, relevance, self.epsilon, dropped=dropped)
         if dropped:
             w = module.weight.detach()
-            exists = (torch.ones_like(xs[0]) if self.valid is None
-                      else self.valid.to(xs[0]).expand_as(xs[0]))
+            exists = (torch.ones_like(xs[0]) if valid is None
+                      else valid.to(xs[0]).expand_as(xs[0]))
             r = r + linear_terms(module, [exists], [w * w], dropped[0], self.epsilon)
         return r
+
+
+def _depthwise_channels(module: Any, relevance: Tensor) -> Tensor | None:
+    """The channels holding relevance, for a depthwise convolution (None otherwise)."""
+    layer = module.layer if isinstance(module, LinearView) else module
+    if fully_connected(layer) or getattr(layer, "groups", 1) == 1 \
+            or layer.groups != module.weight.shape[0] or module.weight.shape[1] != 1:
+        return None
+    dims = [0] + list(range(2, relevance.dim()))
+    return (relevance != 0).any(dim=dims[0]).flatten(1).any(dim=1).nonzero().flatten() \
+        if len(dims) > 1 else None
+
+
+def _channel_subset(module: Any, channels: Tensor) -> FunctionalLinear:
+    """A depthwise convolution restricted to ``channels``."""
+    layer = module.layer if isinstance(module, LinearView) else module
+    weight = module.weight.detach()[channels]
+    dims = weight.dim() - 2
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    return FunctionalLinear(conv, (None, weight, None, layer.stride, layer.padding,
+                                   layer.dilation, len(channels)), {})
 
 
 class _StabilisedLinearRule(Rule):
