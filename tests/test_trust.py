@@ -187,7 +187,8 @@ def test_explain_user_mistakes_end_with_one_line(tmp_path, capsys, problem):
         args[0] = tmp_path
     assert _explain(*args) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("captum-fgcam explain: error: ")
 
 
 def _benchmark(*args) -> int:
