@@ -332,12 +332,10 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
             z = f(xs[0], weights[0], None)
             for x, w in zip(xs[1:], weights[1:], strict=True):
                 z += f(x, w, None)
-        if dropped is not None:
-            zero = z == 0
-            if bool(zero.any()):
-                leftover = relevance * zero
-                if bool(leftover.any()):
-                    dropped.append(leftover)
+        if dropped is not None and not bool(z.all()):  # some z_j == 0
+            leftover = relevance * (z == 0)
+            if bool(leftover.any()):
+                dropped.append(leftover)
         s = (relevance / _stabilise(z, epsilon) if epsilon
              else safe_divide(relevance, z, out=z))
         if joint:
