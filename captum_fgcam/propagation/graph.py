@@ -8,7 +8,7 @@ capture (of an example input, synthesised from the first layer when none is give
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -137,15 +137,20 @@ def module_input(cap: Capture, name: str) -> fx.Node:
     return inputs[0]
 
 
-def ancestors(node: fx.Node) -> set[fx.Node]:
-    """``node`` and every node its value was computed from."""
+def reachable(node: fx.Node, step: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
+    """``node`` and every node reached from it by repeated ``step``s."""
     seen, todo = {node}, [node]
     while todo:
-        for arg in todo.pop().all_input_nodes:
-            if arg not in seen:
-                seen.add(arg)
-                todo.append(arg)
+        for other in step(todo.pop()):
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
     return seen
+
+
+def ancestors(node: fx.Node) -> set[fx.Node]:
+    """``node`` and every node its value was computed from."""
+    return reachable(node, lambda n: n.all_input_nodes)
 
 
 def example_input(model: nn.Module) -> Tensor:

@@ -30,6 +30,7 @@ from .graph import (
     module_input,
     module_output,
     qualified_name,
+    reachable,
     require_module,
     site,
 )
@@ -295,31 +296,21 @@ def _relevance_path(cap: Capture, start: fx.Node) -> set[fx.Node]:
     """The nodes relevance can reach from ``start``: its ancestors, except those that feed
     it only as a gate (the broadcast operand of a product of two activations, a divisor),
     which receive none (:class:`ArithmeticRule`)."""
-    seen, todo = {start}, [start]
-    while todo:
-        node = todo.pop()
-        inputs = node.all_input_nodes
-        if node.op == "call_function" and ops.op_name(node.target) in ("mul", "div") \
-                and len(inputs) > 1:
-            value = cap.values[node]
-            full = [a for a in inputs
-                    if isinstance(cap.values[a], Tensor) and cap.values[a].shape == value.shape]
-            inputs = full[:1] if ops.op_name(node.target) == "mul" else inputs[:1]
-        for arg in inputs:
-            if arg not in seen:
-                seen.add(arg)
-                todo.append(arg)
-    return seen
+    def inputs(node: fx.Node) -> list[fx.Node]:
+        args = node.all_input_nodes
+        name = ops.op_name(node.target) if node.op == "call_function" else ""
+        if name in ("mul", "div") and len(args) > 1:
+            shape = cap.values[node].shape
+            full = [a for a in args
+                    if isinstance(cap.values[a], Tensor) and cap.values[a].shape == shape]
+            return full[:1] if name == "mul" else args[:1]
+        return args
+
+    return reachable(start, inputs)
 
 
 def _descendants(node: fx.Node) -> set[fx.Node]:
-    seen, todo = {node}, [node]
-    while todo:
-        for user in todo.pop().users:
-            if user not in seen:
-                seen.add(user)
-                todo.append(user)
-    return seen
+    return reachable(node, lambda n: n.users)
 
 
 def _first_linear(cap: Capture, module: nn.Module) -> set[fx.Node]:
