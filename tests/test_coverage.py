@@ -154,6 +154,22 @@ def test_wrapped_models_give_the_plain_models_maps():
         FGGradCam(torch.jit.script(tv), "layer2")
 
 
+def test_distributed_data_parallel_gives_the_plain_models_maps(tmp_path):
+    import torch.distributed as dist
+
+    torch.manual_seed(0)
+    tv = randomise_batchnorm(torchvision.models.resnet18(weights=None, num_classes=10)).eval()
+    x = image_batch(2, 64, 64, seed=7)
+    plain = FGGradCam(tv, "layer2").attribute(x, [1, 2])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0,
+                            world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(tv)
+        assert torch.equal(FGGradCam(ddp, "layer2").attribute(x, [1, 2]), plain)
+    finally:
+        dist.destroy_process_group()
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_is_refused_before_any_work(dtype):
     model = torchvision.models.resnet18(weights=None, num_classes=10).eval().to(dtype)
