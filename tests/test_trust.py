@@ -230,3 +230,27 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
     with written(target) as partial:
         partial.write_text("new")
     assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
+
+
+# -- targets: every form Captum accepts works, the others are named ---------------------------
+
+@pytest.mark.parametrize("form", ["int", "numpy array", "numpy int", "column tensor", "list",
+                                  "tensor"])
+def test_target_forms_give_the_same_map(form):
+    model = Small().eval()
+    x = image_batch(2, 12, 12)
+    fg = FGGradCam(model, "conv1", cam_layer="conv2")
+    expected = fg.attribute(x, torch.tensor([1, 1]))
+    target = {"int": 1, "numpy array": np.array([1, 1]), "numpy int": np.int64(1),
+              "column tensor": torch.tensor([[1], [1]]), "list": [1, 1],
+              "tensor": torch.tensor(1)}[form]
+    torch.testing.assert_close(fg.attribute(x, target), expected)
+
+
+@pytest.mark.parametrize("target", [1.7, True, torch.tensor([True, False]),
+                                    torch.tensor([1.0, 2.0]), [1, 2.5], np.array([0.5, 1.0])])
+def test_target_forms_that_would_select_a_wrong_class_are_refused(target):
+    model = Small().eval()
+    with pytest.raises(TypeError, match="integers|integer"):
+        FGGradCam(model, "conv1", cam_layer="conv2").attribute(image_batch(2, 12, 12), target)
+    assert model.calls == 0  # refused before any work

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from .._state import preserved_state
 from ..propagation.capture import scores_of, unwrap
 from ..weightings import ScoreCamWeighting, grad_cam_plus_plus, layer_cam, xgrad_cam
-from .validation import check_inputs
+from .validation import as_target, check_inputs
 
 
 class _PlainCam(LayerAttribution, GradientAttribution):
@@ -42,6 +42,7 @@ class _PlainCam(LayerAttribution, GradientAttribution):
                 f"{type(self).__name__} weights a layer's output channels; pass the module "
                 "whose output you want as layer instead of attribute_to_layer_input=True")
         inputs = _format_tensor_into_tuples(inputs)
+        target = as_target(target)
         extra = _format_additional_forward_args(additional_forward_args)
         if isinstance(self.forward_func, nn.Module):
             model = unwrap(self.forward_func)

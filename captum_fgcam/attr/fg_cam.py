@@ -34,7 +34,7 @@ from ..propagation.presets import RuleMap
 from ..propagation.upsampler import FineGrainedUpsampler
 from ..weightings import GradientWeighting, ScoreCamWeighting, Weighting, get_weighting
 from ..weightings import requires_target as weighting_requires_target
-from .validation import check_inputs, check_target
+from .validation import as_target, check_inputs, check_target
 
 
 class FGCam(LayerAttribution, GradientAttribution):
@@ -109,6 +109,7 @@ class FGCam(LayerAttribution, GradientAttribution):
         """
         inputs = _format_tensor_into_tuples(inputs)
         check_inputs(self.module, inputs)
+        target = as_target(target)
         extra = _format_additional_forward_args(additional_forward_args)
         n = inputs[0].shape[0]
         step = n if internal_batch_size is None else internal_batch_size

@@ -34,7 +34,7 @@ from ..propagation.graph import LayerRef, producing_module, require_module, reso
 from ..propagation.presets import RuleMap
 from ..propagation.rules import LinearView, safe_divide
 from ..propagation.upsampler import FineGrainedUpsampler
-from .validation import check_inputs, check_target
+from .validation import as_target, check_inputs, check_target
 
 
 def _per_example_sum(r: Tensor) -> Tensor:
@@ -108,6 +108,7 @@ class LRP(LayerAttribution):
         """Captum's conventions; returns signed relevance (N x 1 x ... when summed)."""
         inputs = _format_tensor_into_tuples(inputs)
         check_inputs(self.module, inputs)
+        target = as_target(target)
         up = self.upsampler
         n = inputs[0].shape[0]
         with preserved_state(self.module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
@@ -50,6 +51,34 @@ def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
                              f"move one of them (x.to({str(first.device)!r}))")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"input {i} contains NaN or Inf; clean the input first")
+
+
+def as_target(target: Any) -> TargetType:
+    """A target in one of Captum's forms: numpy arrays and numpy integers become tensors and
+    ints, an (N, 1) column of indices a vector; floats and booleans (Python, numpy or tensor)
+    are refused before any work (a float 1.7 would silently select class 1, a boolean class 0
+    or 1)."""
+    if isinstance(target, np.ndarray):
+        target = torch.as_tensor(target)
+    elif isinstance(target, np.integer):
+        target = int(target)
+    if isinstance(target, (bool, np.bool_)) or (isinstance(target, Tensor)
+                                                and target.dtype == torch.bool):
+        raise TypeError("target is a boolean; pass class indices as integers")
+    if isinstance(target, Tensor):
+        if target.is_floating_point():
+            raise TypeError(f"target has dtype {target.dtype}; pass class indices as integers "
+                            "(e.g. labels.long())")
+        if target.dim() == 2 and target.shape[1] == 1:  # a column of class indices
+            target = target.flatten()
+    if isinstance(target, (float, np.floating)):
+        raise TypeError(f"target {target!r} is a float; pass a class index as an integer")
+    if isinstance(target, list):
+        bad = [t for t in target if isinstance(t, (bool, float, np.bool_, np.floating))]
+        if bad:
+            raise TypeError(f"target holds {bad[0]!r}; pass class indices as integers")
+        return [int(t) if isinstance(t, np.integer) else t for t in target]
+    return target
 
 
 def check_target(target: TargetType, n: int, output: Any, required: bool = True) -> None:
