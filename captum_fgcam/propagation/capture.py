@@ -108,7 +108,7 @@ class _Recorder(TorchFunctionMode):
         self.grad_from = grad_from
         self.live: dict[str, Tensor] = {}
         self.calls: dict[str, list[ModuleCall]] = {}
-        self.stack: list[tuple[str, nn.Module, bool, list[fx.Node], list[Any]]] = []
+        self.stack: list[tuple[str, nn.Module, bool, list[fx.Node], Any]] = []
         self.inside_leaf = 0
         self.muted = False  # our own bookkeeping in the module hooks is not recorded
         self.thread = threading.get_ident()
@@ -247,21 +247,18 @@ class _Recorder(TorchFunctionMode):
             if getattr(module, "inplace", False):
                 self._protect(inputs, module)
             self.inside_leaf += 1
-        self.stack.append((name, module, leaf, inputs, [self._map(args)]))
+        self.stack.append((name, module, leaf, inputs, self._map(args)))
 
     def _leave(self, module: nn.Module, output: Any) -> Any:
         name = self.names[id(module)]
-        _, _, leaf, inputs, (mapped_args,) = self.stack[-1]
+        _, _, leaf, inputs, mapped_args = self.stack.pop()
         if leaf:
             self.inside_leaf -= 1
-            self.stack.pop()
             node = self.graph.create_node("call_module", name, mapped_args, {},
                                           name=name.replace(".", "_") or "model")
             node.meta["nn_module_stack"] = self.module_stack()
             node.meta["nn_module_stack"][name] = (name, type(module))
             self._bind_output(node, output)
-        else:
-            self.stack.pop()
         out = self.node_of(output) if isinstance(output, Tensor) else None
         if out is None and inputs and isinstance(output, Tensor) and output.is_floating_point() \
                 and output.dim() > 0 and output.shape[0] == self.batch:
