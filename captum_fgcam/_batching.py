@@ -1,7 +1,9 @@
-"""Selecting examples from per-example arguments (targets, additional forward args)."""
+"""Captum's argument conventions: selecting examples from per-example arguments (targets,
+additional forward args), and results that are one tensor or a tuple (one per layer input)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
@@ -21,3 +23,18 @@ def take(value: Any, index: slice | Tensor, n: int) -> Any:
 
 def take_all(values: tuple[Any, ...] | None, index: slice | Tensor, n: int) -> tuple[Any, ...]:
     return tuple(take(v, index, n) for v in values or ())
+
+
+def each(fn: Callable[..., Tensor], *values: Tensor | tuple[Tensor, ...]
+         ) -> Tensor | tuple[Tensor, ...]:
+    """``fn`` applied to a tensor, or element by element to tuples of tensors."""
+    if isinstance(values[0], tuple):
+        return tuple(fn(*parts) for parts in zip(*values, strict=True))
+    return fn(*values)
+
+
+def finished(relevance: Tensor, attr_dim_summation: bool, relu_attributions: bool) -> Tensor:
+    """Captum's post-processing: channels summed (keeping the dimension), then ReLU."""
+    if attr_dim_summation:
+        relevance = relevance.sum(dim=1, keepdim=True)
+    return relevance.clamp(min=0) if relu_attributions else relevance

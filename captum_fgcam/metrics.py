@@ -12,6 +12,10 @@ Conventions shared by all functions:
 * "Removing" a pixel replaces it, in all channels, with the same pixel of ``blur(inputs)``
   (default a Gaussian blur, kernel 51, sigma 50; ``RISE_BLUR`` is RISE's 11 / 5). Any callable
   ``Tensor -> Tensor`` of the same shape can serve as ``blur`` (e.g. ``torch.zeros_like``).
+* Maps must be finite (NaN or Inf are refused, naming the images); targets are integer class
+  indices (floats and booleans are refused, as in the attribution methods).
+* A map with no positive value (e.g. all zeros) has energy proportion 0 and misses the pointing
+  game; under Average Drop it keeps no pixel; its insertion/deletion order is row-major.
 * The score of an image is the softmax probability of ``target`` (``use_softmax=False``: the raw
   output, e.g. the logit). Perturbed images of all steps and all images go through
   ``forward_func`` in batches of ``batch_size``, under ``torch.no_grad()``.
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._batching import take_all
+from .attr.validation import as_target
 
 TargetLike = int | Sequence[int] | Tensor
 
@@ -139,6 +144,10 @@ def _saliency(attributions: Tensor, size: tuple[int, int]) -> Tensor:
             "attributions must have shape (N, 1, h, w), (N, h, w) or (N, C, h, w), got "
             f"{tuple(attributions.shape)}")
     sal = attributions.detach().float()
+    bad = (~torch.isfinite(sal.flatten(1))).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the maps of images {bad} contain NaN or Inf; a metric of such a map "
+                         "means nothing: fix the attribution (or drop those images)")
     if tuple(sal.shape[1:]) != tuple(size):
         sal = F.interpolate(sal.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
         sal = sal.squeeze(1)
@@ -154,6 +163,9 @@ def _pixel_ranks(sal: Tensor) -> Tensor:
 
 
 def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
+    target = as_target(target)
+    if isinstance(target, Tensor) and target.dim() == 0:
+        target = target.item()
     t = torch.as_tensor(target, dtype=torch.long, device=device)
     if t.dim() == 0:
         return t.expand(n)
@@ -194,10 +206,22 @@ def _scores(
                             device=samples.device)
         idx = samples[jobs]
         output = forward_func(make(jobs), *take_all(additional_forward_args, idx, n))
+        if not out:
+            _check_scores(output, targets)
         if use_softmax:
             output = torch.softmax(output, dim=1)
         out.append(output.gather(1, targets[idx].unsqueeze(1)).squeeze(1))
     return torch.cat(out)
+
+
+def _check_scores(output: Tensor, targets: Tensor) -> None:
+    if not isinstance(output, Tensor) or output.dim() != 2:
+        raise ValueError("forward_func must return scores of shape (N, classes), got "
+                         f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
+    bad = targets[(targets < 0) | (targets >= output.shape[1])]
+    if bad.numel():
+        raise ValueError(f"target {bad[0].item()} is out of range: the model has "
+                         f"{output.shape[1]} classes (0 to {output.shape[1] - 1})")
 
 
 def _composite(inputs: Tensor, blurred: Tensor, ranks: Tensor, samples: Tensor, counts: Tensor,
@@ -333,32 +357,56 @@ def insertion_deletion(
         deletion=torch.trapezoid(deletion, fractions, dim=1))
 
 
+def _is_boxes(region: Tensor, n: int) -> bool:
+    return region.dtype != torch.bool and (region.shape == (n, 4) or region.shape == (4,))
+
+
 def _region_mask(region: Tensor, n: int, size: tuple[int, int]) -> Tensor:
-    """(N, H, W) bool mask from a bool mask (N, H, W) / (H, W), or from boxes (N, 4) given as
+    """(N, H, W) bool mask from a mask (N, H, W), (N, 1, H, W) or (H, W) -- bool, or any dtype
+    holding only 0 and 1 (Quantus' s_batch) -- or from boxes (N, 4) / (4,) given as
     (x0, y0, x1, y1) pixel coordinates with exclusive ends, in an image of ``size`` = (H, W)."""
     h, w = size
-    if region.dtype == torch.bool:
-        if region.shape[-2:] != (h, w):
-            raise ValueError(f"mask has size {tuple(region.shape[-2:])}, expected {(h, w)}")
-        return region.expand(n, h, w)
-    if region.shape != (n, 4):
-        raise ValueError(f"region must be a bool mask (N, H, W) or boxes (N, 4), got "
-                         f"{region.dtype} of shape {tuple(region.shape)}")
-    x0, y0, x1, y1 = region.round().long().unbind(dim=1)
-    ys = torch.arange(h, device=region.device).view(1, h, 1)
-    xs = torch.arange(w, device=region.device).view(1, 1, w)
-    return ((ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1))
-            & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1)))
+    if _is_boxes(region, n):
+        boxes = region.reshape(-1, 4).double().expand(n, 4)
+        if not bool(torch.isfinite(boxes).all()):
+            raise ValueError("boxes contain NaN or Inf")
+        x0, y0, x1, y1 = boxes.round().long().unbind(dim=1)
+        inverted = ((x1 < x0) | (y1 < y0)).nonzero().flatten().tolist()
+        if inverted:
+            raise ValueError(f"boxes of images {inverted} are inverted; give (x0, y0, x1, y1) "
+                             "with x0 <= x1 and y0 <= y1 (exclusive ends)")
+        ys = torch.arange(h, device=region.device).view(1, h, 1)
+        xs = torch.arange(w, device=region.device).view(1, 1, w)
+        return ((ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1))
+                & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1)))
+    if region.dim() == 4 and region.shape[1] == 1:
+        region = region[:, 0]
+    if region.dim() not in (2, 3) or (region.dim() == 3 and region.shape[0] not in (1, n)):
+        raise ValueError(f"region must be a mask (N, H, W), (N, 1, H, W) or (H, W), or boxes "
+                         f"(N, 4), for {n} images; got shape {tuple(region.shape)}")
+    if region.dtype != torch.bool:
+        if not bool(((region == 0) | (region == 1)).all()):
+            raise ValueError(f"a {region.dtype} mask must hold only 0 and 1; threshold it "
+                             "(mask > 0.5) or pass a bool mask")
+        region = region.bool()
+    if tuple(region.shape[-2:]) != (h, w):
+        raise ValueError(f"mask has size {tuple(region.shape[-2:])}, expected {(h, w)}")
+    return region.expand(n, h, w)
 
 
 def _map_and_mask(attributions: Tensor, region: Tensor, image_size: tuple[int, int] | None
                   ) -> tuple[Tensor, Tensor]:
-    if region.dtype == torch.bool:
-        size = tuple(region.shape[-2:])
+    n = attributions.shape[0]
+    if _is_boxes(region, n):
+        if image_size is None:
+            raise ValueError(
+                "boxes are pixel coordinates of an image: pass image_size=(H, W) of that "
+                f"image (the {tuple(attributions.shape[-2:])} map is upsampled to it)")
+        size = tuple(image_size)
     else:
-        size = image_size or tuple(attributions.shape[-2:])
+        size = tuple(region.shape[-2:])
     sal = _saliency(attributions, size)
-    return sal, _region_mask(region.to(sal.device), sal.shape[0], size)
+    return sal, _region_mask(region.to(sal.device), n, size)
 
 
 def energy_proportion(attributions: Tensor, region: Tensor,
@@ -366,9 +414,10 @@ def energy_proportion(attributions: Tensor, region: Tensor,
     """Energy-based pointing game ("Proportion"), shape (N,):
     sum_{p in region} max(0, m_p) / sum_p max(0, m_p), 0 where the map has no positive mass.
 
-    ``region``: a bool mask (N, H, W) or (H, W) (the map is upsampled to its size) or boxes
-    (N, 4) (x0, y0, x1, y1, exclusive ends) in pixels of an image of ``image_size`` = (H, W)
-    (default: the map's own size).
+    ``region``: a mask (N, H, W), (N, 1, H, W) or (H, W), bool or 0/1 valued (the map is
+    upsampled to its size), or boxes (N, 4) or (4,) (x0, y0, x1, y1, exclusive ends) in pixels
+    of an image of ``image_size`` = (H, W), required with boxes. Inverted or non-finite boxes
+    are refused.
     """
     sal, mask = _map_and_mask(attributions, region, image_size)
     positive = sal.clamp(min=0)
@@ -382,8 +431,8 @@ def pointing_game(attributions: Tensor, region: Tensor, tolerance: float = 0,
     """Pointing game (Zhang et al.), shape (N,) of 0./1.: 1 where the map's maximum lies within
     Euclidean distance ``tolerance`` (pixels) of the region. Ties for the maximum (the plateau
     a coarse map gets when upsampled to the image): the tied pixel nearest to the tied pixels'
-    centroid, then the first in row-major order. ``region`` and ``image_size`` as in
-    :func:`energy_proportion`.
+    centroid, then the first in row-major order. A constant map (e.g. all zeros) points nowhere:
+    0. ``region`` and ``image_size`` as in :func:`energy_proportion`.
     """
     sal, mask = _map_and_mask(attributions, region, image_size)
     n, h, w = sal.shape
@@ -397,7 +446,8 @@ def pointing_game(attributions: Tensor, region: Tensor, tolerance: float = 0,
     best = spread.flatten(1).argmin(dim=1)
     py, px = (best // w).view(n, 1, 1), (best % w).view(n, 1, 1)
     near = (ys - py) ** 2 + (xs - px) ** 2 <= tolerance**2
-    return (near & mask).flatten(1).any(dim=1).to(sal.dtype)
+    constant = tied.flatten(1).all(dim=1)
+    return ((near & mask).flatten(1).any(dim=1) & ~constant).to(sal.dtype)
 
 
 def unseen_mass(attributions: Tensor, unseen: Tensor,

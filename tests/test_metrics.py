@@ -134,37 +134,41 @@ def test_energy_proportion_known_answers():
     mask = torch.zeros(2, 8, 8, dtype=torch.bool)
     mask[:, :4, :4] = True
     for region in (box, mask):
-        torch.testing.assert_close(energy_proportion(INSIDE, region), torch.ones(2))
-        torch.testing.assert_close(energy_proportion(OUTSIDE, region), torch.zeros(2))
+        torch.testing.assert_close(energy_proportion(INSIDE, region, (8, 8)), torch.ones(2))
+        torch.testing.assert_close(energy_proportion(OUTSIDE, region, (8, 8)), torch.zeros(2))
         # negative values carry no mass
-        torch.testing.assert_close(energy_proportion(INSIDE - 5 * OUTSIDE, region),
+        torch.testing.assert_close(energy_proportion(INSIDE - 5 * OUTSIDE, region, (8, 8)),
                                    torch.ones(2))
     # a constant 4x4 map, upsampled to the 8x8 image the box refers to: area ratio 16/64
     flat = torch.ones(2, 4, 4)
     torch.testing.assert_close(energy_proportion(flat, box, image_size=(8, 8)),
                                torch.full((2,), 0.25))
     torch.testing.assert_close(energy_proportion(flat, mask), torch.full((2,), 0.25))
-    assert torch.equal(energy_proportion(-flat, box), torch.zeros(2))   # no positive mass: 0
+    assert torch.equal(energy_proportion(-flat, mask), torch.zeros(2))   # no positive mass: 0
     # channels are summed: a 3-channel map equal to INSIDE in total
-    torch.testing.assert_close(energy_proportion(INSIDE.expand(2, 3, 8, 8) / 3, box),
+    torch.testing.assert_close(energy_proportion(INSIDE.expand(2, 3, 8, 8) / 3, mask),
                                torch.ones(2))
 
 
 def test_pointing_game():
     sal = torch.zeros(1, 8, 8)
     sal[0, 2, 5] = 1.0
-    assert pointing_game(sal, torch.tensor([[4, 1, 7, 4]])).item() == 1   # x in [4,7), y in [1,4)
-    assert pointing_game(sal, torch.tensor([[0, 0, 4, 4]])).item() == 0
+    size = (8, 8)
+    assert pointing_game(sal, torch.tensor([[4, 1, 7, 4]]), image_size=size).item() == 1
+    assert pointing_game(sal, torch.tensor([[0, 0, 4, 4]]), image_size=size).item() == 0
     far = torch.tensor([[0, 0, 4, 2]])        # nearest box pixel (x=3, y=1): distance sqrt(5)
-    assert pointing_game(sal, far, tolerance=2).item() == 0
-    assert pointing_game(sal, far, tolerance=2.3).item() == 1
-    ties = torch.ones(1, 8, 8)                # a plateau: its centre (3.5, 3.5) -> pixel (3, 3)
-    assert pointing_game(ties, torch.tensor([[3, 3, 4, 4]])).item() == 1
-    assert pointing_game(ties, torch.tensor([[0, 0, 1, 1]])).item() == 0
+    assert pointing_game(sal, far, tolerance=2, image_size=size).item() == 0
+    assert pointing_game(sal, far, tolerance=2.3, image_size=size).item() == 1
+    ties = torch.zeros(1, 8, 8)               # a plateau: its centre (3.5, 3.5) -> pixel (3, 3)
+    ties[0, 2:6, 2:6] = 1.0
+    assert pointing_game(ties, torch.tensor([[3, 3, 4, 4]]), image_size=size).item() == 1
+    assert pointing_game(ties, torch.tensor([[2, 2, 3, 3]]), image_size=size).item() == 0
     plateau = torch.zeros(1, 8, 8)
     plateau[0, :3, 2:6] = 1.0                 # a coarse map's maximum cell, upsampled
-    assert pointing_game(plateau, torch.tensor([[3, 1, 5, 2]])).item() == 1  # centre (1, 3.5)
-    assert pointing_game(plateau, torch.tensor([[2, 0, 3, 1]])).item() == 0
+    assert pointing_game(plateau, torch.tensor([[3, 1, 5, 2]]), image_size=size).item() == 1
+    assert pointing_game(plateau, torch.tensor([[2, 0, 3, 1]]), image_size=size).item() == 0
+    # a constant map points nowhere, wherever the region is
+    assert pointing_game(torch.zeros(1, 8, 8), torch.ones(1, 8, 8, dtype=torch.bool)).item() == 0
 
 
 def test_unseen_mass():
@@ -313,7 +317,7 @@ def test_clear_errors(cnn, batch):
     with pytest.raises(ValueError, match="odd"):
         Blur(4, 1.0)
     with pytest.raises(ValueError, match="boxes"):
-        energy_proportion(attr, torch.zeros(3, 5))
+        energy_proportion(attr, torch.zeros(3, 5, 5, 5))
 
 
 # ---------------------------------------------------------------- peers

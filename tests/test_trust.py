@@ -95,19 +95,36 @@ def test_a_layer_on_a_side_branch_is_refused():
         FGGradCam(model, "side", cam_layer="conv2").attribute(image_batch(1, 12, 12), 1)
 
 
-@pytest.mark.parametrize("where", ["weight", "input"])
-def test_non_finite_values_are_refused(where):
+@pytest.mark.parametrize("where,match", [
+    ("weight", "model's conv2.weight hold NaN or Inf"),
+    ("buffer", "model's bn.running_var hold NaN or Inf"),
+    ("head", "model's head.bias hold NaN or Inf"),
+    ("input", "input 0 contains NaN or Inf"),
+])
+def test_non_finite_values_are_refused_naming_where(where, match):
     model = Small().eval()
     x = image_batch(1, 12, 12)
-    if where == "weight":
-        with torch.no_grad():
+    with torch.no_grad():
+        if where == "weight":
             model.conv2.weight[0, 0, 0, 0] = float("nan")
-        match = "NaN or Inf"
-    else:
-        x[0, 0, 0, 0] = float("inf")
-        match = "NaN or Inf"
+        elif where == "buffer":
+            model.bn.running_var[2] = float("inf")
+        elif where == "head":
+            model.head.bias[1] = float("nan")
+        else:
+            x[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=match):
         FGGradCam(model, "conv1", cam_layer="conv2").attribute(x, 1)
+
+
+def test_an_overflow_in_the_forward_pass_is_located():
+    model = Small().eval()
+    with torch.no_grad():
+        model.conv1.weight.mul_(1e30)  # finite weights, infinite activations
+        model.conv2.weight.mul_(1e30)
+    with pytest.raises(ValueError, match="first appears at 'conv2' in module 'conv2' from "
+                                         "finite inputs"):
+        FGGradCam(model, "conv1", cam_layer="conv2").attribute(image_batch(1, 12, 12), 1)
 
 
 @pytest.mark.parametrize("weighting,message", [
@@ -120,6 +137,64 @@ def test_a_weighting_that_returns_no_components_is_named(weighting, message):
     with pytest.raises((TypeError, ValueError), match=message):
         FGCam(model, "conv1", weighting=weighting, cam_layer="conv2").attribute(
             image_batch(1, 12, 12))
+
+
+class Merge(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + 2 * b
+
+
+class TwoBranches(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv_a = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv_b = nn.Conv2d(3, 6, 5, padding=2)
+        self.merge = Merge()
+        self.conv = nn.Conv2d(6, 8, 3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.merge(self.conv_a(x), self.conv_b(x))
+        return self.head(torch.relu(self.conv(torch.relu(a))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", ["FGGradCam", "LRP", "CLRP"])
+def test_a_layer_with_two_tensor_inputs_returns_a_tuple(method):
+    """As Captum: one map per input; each equals the map at the module producing it."""
+    import captum_fgcam
+    model = TwoBranches().eval()
+    x = image_batch(2, 10, 10)
+    make = getattr(captum_fgcam, method)
+    kwargs = {"cam_layer": "conv"} if method == "FGGradCam" else {}
+    maps = make(model, "merge", **kwargs).attribute(x, 1, attribute_to_layer_input=True,
+                                                    attr_dim_summation=False)
+    assert isinstance(maps, tuple) and len(maps) == 2
+    if method == "CLRP":  # target and dual are each normalised over both maps together
+        total = sum(m.sum((1, 2, 3)) for m in maps)
+        torch.testing.assert_close(total, torch.zeros(2), atol=1e-6, rtol=0)
+        return
+    for got, producer in zip(maps, ["conv_a", "conv_b"], strict=True):
+        want = make(model, producer, **kwargs).attribute(x, 1, attr_dim_summation=False)
+        torch.testing.assert_close(got, want)
+    if method == "FGGradCam":  # the two inputs share the CAM components' total
+        comps = FGGradCam(model, "conv", cam_layer="conv").attribute(x, 1)
+        torch.testing.assert_close(sum(m.sum((1, 2, 3)) for m in maps), comps.sum((1, 2, 3)))
+
+
+def test_a_layer_whose_sibling_branch_runs_after_it():
+    """ResNet's shortcut runs after the residual branch: a layer inside the block gets its
+    share of the sum, the shortcut the rest (0.1 raised a KeyError here)."""
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=5).eval()
+    x = image_batch(2, 64, 64)
+
+    def total(layer):
+        return FGGradCam(model, layer, cam_layer="layer3").attribute(x, 1).sum((1, 2, 3))
+
+    torch.testing.assert_close(total("layer2.0.bn2") + total("layer2.0.downsample"),
+                               total("layer2.0"), rtol=1e-4, atol=1e-5)
 
 
 def test_dtype_mismatch_is_reported_before_any_work():
@@ -254,3 +329,81 @@ def test_target_forms_that_would_select_a_wrong_class_are_refused(target):
     with pytest.raises(TypeError, match="integers|integer"):
         FGGradCam(model, "conv1", cam_layer="conv2").attribute(image_batch(2, 12, 12), target)
     assert model.calls == 0  # refused before any work
+
+
+# -- metrics: garbage in is refused, edge cases have documented values --------------------------
+
+def _metric_case():
+    from captum_fgcam import metrics
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(4, 3)).eval()
+    return metrics, model, image_batch(2, 8, 8)
+
+
+@pytest.mark.parametrize("metric", ["average_drop_increase", "insertion_deletion",
+                                    "energy_proportion", "pointing_game"])
+def test_metrics_refuse_non_finite_maps(metric):
+    metrics, model, x = _metric_case()
+    maps = torch.rand(2, 1, 8, 8)
+    maps[1, 0, 3, 3] = float("nan")
+    box = torch.tensor([[0, 0, 4, 4]] * 2)
+    call = {"average_drop_increase": lambda: metrics.average_drop_increase(model, x, maps, 0),
+            "insertion_deletion": lambda: metrics.insertion_deletion(model, x, maps, 0),
+            "energy_proportion": lambda: metrics.energy_proportion(maps, box, (8, 8)),
+            "pointing_game": lambda: metrics.pointing_game(maps, box, image_size=(8, 8))}
+    with pytest.raises(ValueError, match=r"images \[1\] contain NaN or Inf"):
+        call[metric]()
+
+
+@pytest.mark.parametrize("target", [1.7, torch.tensor([1.0, 0.0]), True, [0, 1.5]])
+def test_metrics_refuse_non_integer_targets(target):
+    metrics, model, x = _metric_case()
+    with pytest.raises(TypeError, match="integer"):
+        metrics.average_drop_increase(model, x, torch.rand(2, 1, 8, 8), target)
+
+
+def test_metrics_refuse_out_of_range_targets():
+    metrics, model, x = _metric_case()
+    with pytest.raises(ValueError, match="target 7 is out of range: the model has 3 classes"):
+        metrics.insertion_deletion(model, x, torch.rand(2, 1, 8, 8), 7)
+
+
+def test_boxes_need_the_image_size():
+    """Boxes in 64 px image coordinates, a 8x8 map: without image_size the box would cover
+    the whole map (energy 1.0); with it, its real share (1/16 of a flat map)."""
+    metrics, _, _ = _metric_case()
+    flat, box = torch.ones(1, 1, 8, 8), torch.tensor([[0, 0, 16, 16]])
+    with pytest.raises(ValueError, match="pass image_size"):
+        metrics.energy_proportion(flat, box)
+    torch.testing.assert_close(metrics.energy_proportion(flat, box, (64, 64)),
+                               torch.tensor([1 / 16]))
+
+
+@pytest.mark.parametrize("box,message", [([4, 0, 2, 4], "inverted"),
+                                         ([0, float("nan"), 4, 4], "NaN or Inf")])
+def test_bad_boxes_are_refused(box, message):
+    metrics, _, _ = _metric_case()
+    with pytest.raises(ValueError, match=message):
+        metrics.energy_proportion(torch.rand(1, 1, 8, 8), torch.tensor([box]), (8, 8))
+
+
+def test_quantus_style_float_masks_are_accepted_and_others_named():
+    metrics, _, _ = _metric_case()
+    maps = torch.rand(2, 1, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, :4] = 1.0
+    torch.testing.assert_close(metrics.energy_proportion(maps, mask),
+                               metrics.energy_proportion(maps, mask[:, 0].bool()))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        metrics.energy_proportion(maps, mask * 0.5)
+
+
+def test_all_zero_maps_have_documented_values():
+    metrics, model, x = _metric_case()
+    zero = torch.zeros(2, 1, 8, 8)
+    everywhere = torch.ones(2, 8, 8, dtype=torch.bool)
+    assert torch.equal(metrics.energy_proportion(zero, everywhere), torch.zeros(2))
+    assert torch.equal(metrics.pointing_game(zero, everywhere), torch.zeros(2))
+    drop = metrics.average_drop_increase(model, x, zero, 0, blur=torch.zeros_like)
+    blank = torch.softmax(model(torch.zeros_like(x)), 1)[:, 0]
+    torch.testing.assert_close(drop.perturbed, blank)  # keeps no pixel

@@ -25,7 +25,7 @@ from captum.attr._utils.attribution import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
-from .._batching import take, take_all
+from .._batching import each, finished, take, take_all
 from .._state import preserved_state
 from ..denoising import svd_denoise
 from ..propagation.capture import scores_of, unwrap
@@ -82,7 +82,7 @@ class FGCam(LayerAttribution, GradientAttribution):
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   relu_attributions: bool = False, attr_dim_summation: bool = True,
                   denoise: bool = False, denoise_rank: float | int = 0.1,
-                  internal_batch_size: int | None = None) -> Tensor:
+                  internal_batch_size: int | None = None) -> Tensor | tuple[Tensor, ...]:
         r"""
         Args:
             inputs: the (normalised) image batch, N x C x H x W, or a tuple whose first
@@ -100,7 +100,8 @@ class FGCam(LayerAttribution, GradientAttribution):
                 larger than memory allows); the result is the same.
 
         Returns:
-            Signed relevance on the input's device.
+            Signed relevance on the input's device; with ``attribute_to_layer_input`` on a
+            layer of several tensor inputs, a tuple (one map per input, as in Captum).
 
         Examples::
 
@@ -122,14 +123,13 @@ class FGCam(LayerAttribution, GradientAttribution):
                 tuple(x[rows] for x in inputs), take(target, rows, n),
                 take_all(extra, rows, n) or None, attribute_to_layer_input, denoise,
                 denoise_rank))
-        relevance = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        if attr_dim_summation:
-            relevance = relevance.sum(dim=1, keepdim=True)
-        return relevance.clamp(min=0) if relu_attributions else relevance
+        relevance = chunks[0] if len(chunks) == 1 else each(lambda *c: torch.cat(c), *chunks)
+        return each(lambda r: finished(r, attr_dim_summation, relu_attributions), relevance)
 
     def _attribute_chunk(self, inputs: tuple[Tensor, ...], target: TargetType,
                          additional_forward_args: tuple[Any, ...] | None, to_input: bool,
-                         denoise: bool, denoise_rank: float | int) -> Tensor:
+                         denoise: bool, denoise_rank: float | int
+                         ) -> Tensor | tuple[Tensor, ...]:
         """One recorded forward pass of the real input, the weighting, one propagation."""
         up, module = self.upsampler, self.module
         n = inputs[0].shape[0]

@@ -28,6 +28,7 @@ from captum.attr._utils.attribution import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from .._batching import each, finished
 from .._state import preserved_state
 from ..propagation.capture import unwrap
 from ..propagation.graph import LayerRef, producing_module, require_module, resolve_module
@@ -37,8 +38,14 @@ from ..propagation.upsampler import FineGrainedUpsampler
 from .validation import as_target, check_inputs, check_target
 
 
-def _per_example_sum(r: Tensor) -> Tensor:
-    return r.reshape(r.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (r.dim() - 1)))
+def _per_example_sum(r: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """sum_i R_i per example, shape (N,), over all tensors of a tuple."""
+    parts = r if isinstance(r, tuple) else (r,)
+    return sum(p.reshape(p.shape[0], -1).sum(dim=1) for p in parts)
+
+
+def _column(s: Tensor, like: Tensor) -> Tensor:
+    return s.reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def _one_hot(logits: Tensor, target: TargetType) -> Tensor:
@@ -93,7 +100,7 @@ class LRP(LayerAttribution):
         """R0 for each propagation this method needs (here one: onehot_c * y_c)."""
         return [_one_hot(logits, target) * logits]
 
-    def combine(self, maps: list[Tensor]) -> Tensor:
+    def combine(self, maps: list[Tensor | tuple[Tensor, ...]]) -> Tensor | tuple[Tensor, ...]:
         return maps[0]
 
     def views(self, target: TargetType, logits: Tensor, output_layer: str | None
@@ -104,8 +111,10 @@ class LRP(LayerAttribution):
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
-                  relu_attributions: bool = False, attr_dim_summation: bool = True) -> Tensor:
-        """Captum's conventions; returns signed relevance (N x 1 x ... when summed)."""
+                  relu_attributions: bool = False, attr_dim_summation: bool = True
+                  ) -> Tensor | tuple[Tensor, ...]:
+        """Captum's conventions; returns signed relevance (N x 1 x ... when summed), a tuple
+        for a layer input of several tensors."""
         inputs = _format_tensor_into_tuples(inputs)
         check_inputs(self.module, inputs)
         target = as_target(target)
@@ -121,9 +130,7 @@ class LRP(LayerAttribution):
             views = self.views(target, logits, output_layer)
             maps = [up.propagate(span, r0, v) for r0, v in zip(starts, views, strict=True)]
         relevance = self.combine(maps)
-        if attr_dim_summation:
-            relevance = relevance.sum(dim=1, keepdim=True)
-        return relevance.clamp(min=0) if relu_attributions else relevance
+        return each(lambda r: finished(r, attr_dim_summation, relu_attributions), relevance)
 
 
 class CLRP(LRP):
@@ -160,10 +167,11 @@ class CLRP(LRP):
         classes = _one_hot(logits, target).argmax(dim=1).unique()
         return [{}, {output_layer: NegatedRows(layer, classes)}]
 
-    def combine(self, maps: list[Tensor]) -> Tensor:
+    def combine(self, maps: list[Tensor | tuple[Tensor, ...]]) -> Tensor | tuple[Tensor, ...]:
         target, dual = maps
-        return (safe_divide(target, _per_example_sum(target))
-                - safe_divide(dual, _per_example_sum(dual)))
+        st, sd = _per_example_sum(target), _per_example_sum(dual)
+        return each(lambda t, d: safe_divide(t, _column(st, t)) - safe_divide(d, _column(sd, d)),
+                    target, dual)
 
 
 class SGLRP(LRP):
@@ -175,6 +183,7 @@ class SGLRP(LRP):
         p_c = (onehot * p).sum(dim=1, keepdim=True)
         return [onehot * p_c * (1 - p_c), (1 - onehot) * p_c * p]
 
-    def combine(self, maps: list[Tensor]) -> Tensor:
+    def combine(self, maps: list[Tensor | tuple[Tensor, ...]]) -> Tensor | tuple[Tensor, ...]:
         target, dual = maps
-        return target - dual * safe_divide(_per_example_sum(target), _per_example_sum(dual))
+        ratio = safe_divide(_per_example_sum(target), _per_example_sum(dual))
+        return each(lambda t, d: t - d * _column(ratio, d), target, dual)

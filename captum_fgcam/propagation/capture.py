@@ -65,6 +65,32 @@ class Capture:
         self.position = {node: i for i, node in enumerate(self.nodes)}
 
 
+def _finite(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, tuple):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def where_non_finite(cap: Capture, model: nn.Module) -> str:
+    """Where NaN or Inf first appears in the recorded pass: the operation, its module, and that
+    module's non-finite parameters or buffers (a diagnosis, run only when something is wrong)."""
+    for node in cap.nodes:
+        if node.op == "placeholder" or _finite(cap.values.get(node)):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        name = next(reversed(stack), "")
+        place = f"in module {name!r}" if name else "in the model's own forward"
+        owner = model.get_submodule(name)
+        bad = [n for n, t in [*owner.named_parameters(), *owner.named_buffers()]
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        cause = (f"; its {'/'.join(bad)} hold NaN or Inf" if bad else
+                 " from finite inputs (an overflow, or a division by zero)")
+        return f"NaN or Inf first appears at {node.name!r} {place}{cause}"
+    return "the recorded forward pass is finite: the weighting produced NaN or Inf"
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module that does the work inside ``DataParallel``, DDP and ``torch.compile``."""
     while True:

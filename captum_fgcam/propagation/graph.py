@@ -122,19 +122,16 @@ def module_output(cap: Capture, name: str) -> fx.Node:
     return calls[0].output
 
 
-def module_input(cap: Capture, name: str) -> fx.Node:
-    """The node feeding the module ``name`` (its one input computed from the image)."""
+def module_inputs(cap: Capture, name: str) -> tuple[fx.Node, ...]:
+    """The nodes feeding the module ``name`` (its tensor inputs computed from the image, in
+    order of first use)."""
     if name == "":  # the model itself: its input is the image
-        return cap.image
+        return (cap.image,)
     module_output(cap, name)  # validates that the layer runs once with one output
-    inputs = list(dict.fromkeys(cap.calls[name][0].inputs))
+    inputs = tuple(dict.fromkeys(cap.calls[name][0].inputs))
     if not inputs:
         raise LayerError(f"layer {name!r} has no input computed from the model's input")
-    if len(inputs) > 1:
-        raise LayerError(
-            f"layer {name!r} has {len(inputs)} tensor inputs; attribute_to_layer_input needs "
-            "one. Attribute to the output of the module that produces the input you want")
-    return inputs[0]
+    return inputs
 
 
 def reachable(node: fx.Node, step: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:

@@ -19,15 +19,16 @@ import torch.fx as fx
 from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from torch import Tensor, nn
 
+from .._batching import each, finished
 from .._state import preserved_state
 from . import ops
-from .capture import Capture, capture, item_of, unwrap
+from .capture import Capture, capture, item_of, unwrap, where_non_finite
 from .graph import (
     LayerError,
     LayerRef,
     ancestors,
     leaf_test,
-    module_input,
+    module_inputs,
     module_output,
     qualified_name,
     reachable,
@@ -79,12 +80,13 @@ def _channels_last(values: dict[fx.Node, Any]) -> Callable[[fx.Node], Any]:
 
 @dataclass
 class Span:
-    """The operations between a start node (where components live) and a stop node (where
-    relevance is returned) in one capture, with the rule chosen for each."""
+    """The operations between a start node (where components live) and the stop nodes (where
+    relevance is returned: a layer's output, or its tensor inputs) in one capture, with the
+    rule chosen for each."""
 
     capture: Capture
     start: fx.Node
-    stop: fx.Node
+    stops: tuple[fx.Node, ...]
     rules: dict[fx.Node, Rule]
     ops: dict[fx.Node, Any]  # what each rule sees as the operation (module, view, function)
 
@@ -164,26 +166,27 @@ class FineGrainedUpsampler:
         from_name = from_name or self.from_name
         start = (module_output(cap, from_name) if from_name is not None
                  else _output_node(cap))
-        stop = (module_input(cap, self.to_name) if attribute_to_layer_input
-                else module_output(cap, self.to_name))
+        stops = (module_inputs(cap, self.to_name) if attribute_to_layer_input
+                 else (module_output(cap, self.to_name),))
         where = (f"the CAM layer {from_name!r}" if from_name is not None
                  else "the model's output")
-        if cap.position[stop] > cap.position[start]:
+        if any(cap.position[stop] > cap.position[start] for stop in stops):
             raise LayerError(
                 f"layer {self.to_name!r} comes after {where}; relevance only moves towards "
                 "the input. Choose a shallower layer, or a deeper cam_layer")
         feeding = ancestors(start)
-        if stop not in feeding:
+        if not any(stop in feeding for stop in stops):
             raise LayerError(
                 f"layer {self.to_name!r} does not feed {where} (it sits on a side branch); "
                 "its map would be all zero. Choose a layer on the path to it")
-        on_path = _relevance_path(cap, start) & _descendants(stop)
+        first = min(stops, key=cap.position.__getitem__)
+        on_path = _relevance_path(cap, start) & set().union(*map(_descendants, stops))
         first_linear = _first_linear(cap, self.module)
         rules: dict[fx.Node, Rule] = {}
         targets: dict[fx.Node, Any] = {}
         folded, norms = self._fold_batchnorm(cap, on_path) if self.fold_batchnorm else ({}, set())
-        for node in cap.nodes[cap.position[stop] + 1:cap.position[start] + 1]:
-            if node not in on_path or node.target is item_of:
+        for node in cap.nodes[cap.position[first] + 1:cap.position[start] + 1]:
+            if node not in on_path or node.target is item_of or node in stops:
                 continue
             where_site = site(cap, self.module, node, node in first_linear)
             rule = PassRule() if node in norms else self.rules.rule_for(where_site)
@@ -197,12 +200,14 @@ class FineGrainedUpsampler:
                 rule = rule.within(valid)
             rules[node] = rule
             targets[node] = folded.get(node) or _operation(where_site.op, node, cap)
-        return Span(cap, start, stop, rules, targets)
+        return Span(cap, start, stops, rules, targets)
 
     # -- propagation ---------------------------------------------------------------------
     def propagate(self, span: Span, components: Tensor,
-                  views: Mapping[str, Any] | None = None) -> Tensor:
-        """Relevance at the stop node of ``span`` for ``components`` at its start.
+                  views: Mapping[str, Any] | None = None) -> Tensor | tuple[Tensor, ...]:
+        """Relevance at the stop nodes of ``span`` for ``components`` at its start (a tensor,
+        or a tuple for several stops; a stop that is also an ancestor of another keeps only
+        the relevance that reaches it directly).
 
         ``views`` maps module names to :class:`LinearView` objects that rules see instead of
         those modules (CLRP's virtual class).
@@ -216,15 +221,19 @@ class FineGrainedUpsampler:
                 f"propagation has shape {tuple(expected)}; give one value per element of that "
                 "output (e.g. LayerGradCam(..., attr_dim_summation=False))")
         if not bool(torch.isfinite(components).all()):
-            raise ValueError("the CAM components contain NaN or Inf (the model or the "
-                             "weighting produced non-finite values); nothing to propagate")
+            raise ValueError("the CAM components contain NaN or Inf: "
+                             f"{where_non_finite(span.capture, self.module)}")
         cap = span.capture
         relevance: dict[fx.Node, Any] = {span.start: components.detach()}
-        r_out = None
-        for node in reversed(cap.nodes[cap.position[span.stop]:cap.position[span.start] + 1]):
+        found: dict[fx.Node, Tensor] = {}
+        first = min(span.stops, key=cap.position.__getitem__)
+        for node in reversed(cap.nodes[cap.position[first]:cap.position[span.start] + 1]):
             r_out = relevance.pop(node, None)
-            if node is span.stop:
-                break
+            if node in span.stops:
+                found[node] = torch.zeros_like(values[node]) if r_out is None else r_out
+                if len(found) == len(span.stops):
+                    break
+                continue
             if r_out is None:
                 continue
             if node.target is item_of:  # one output of a multi-output operation
@@ -232,11 +241,13 @@ class FineGrainedUpsampler:
                 slots = relevance.setdefault(parent, [None] * len(values[parent]))
                 slots[index] = r_out if slots[index] is None else slots[index] + r_out
                 continue
+            rule = span.rules.get(node)
+            if rule is None:  # a branch the layer does not feed: its share is not the layer's
+                continue
             if isinstance(r_out, list):
                 r_out = tuple(None if not isinstance(v, Tensor) else
                               torch.zeros_like(v) if r is None else r
                               for r, v in zip(r_out, values[node], strict=True))
-            rule = span.rules[node]
             op = views.get(str(node.target)) if node.op == "call_module" else None
             value = _channels_last(values) if rule.channels_last else values.__getitem__
             args = fx.node.map_arg(node.args, value)
@@ -248,19 +259,21 @@ class FineGrainedUpsampler:
             for arg, r_in in zip(flat, rule.propagate(call, r_out), strict=False):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
-        if r_out is None:
-            return torch.zeros_like(values[span.stop])
-        return r_out.contiguous()
+        maps = tuple(found[stop].contiguous() for stop in span.stops)
+        if not all(bool(torch.isfinite(m).all()) for m in maps):
+            raise ValueError("the relevance map contains NaN or Inf: "
+                             f"{where_non_finite(span.capture, self.module)}")
+        return maps[0] if len(maps) == 1 else maps
 
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], components: Tensor,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
-                  attr_dim_summation: bool = True) -> Tensor:
+                  attr_dim_summation: bool = True) -> Tensor | tuple[Tensor, ...]:
         """Forward once, then propagate ``components``; sums channels unless told not to."""
         inputs = _format_tensor_into_tuples(inputs)
         with preserved_state(self.module):
             cap = self.capture(inputs, additional_forward_args)
             r = self.propagate(self.span(cap, attribute_to_layer_input), components)
-        return r.sum(dim=1, keepdim=True) if attr_dim_summation else r
+        return each(lambda m: finished(m, attr_dim_summation, False), r)
 
     # -- helpers -------------------------------------------------------------------------
     def _fold_batchnorm(self, cap: Capture, on_path: set[fx.Node]
