@@ -16,7 +16,9 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 
     Attribution only runs the model, so parameters, hooks and ``requires_grad`` are never
     touched; buffers can change when a model in training mode runs BatchNorm, so they are
-    copied back, also when an exception (or KeyboardInterrupt) leaves the block.
+    copied back, also when an exception (or KeyboardInterrupt) leaves the block. The block
+    runs outside ``torch.inference_mode()`` (attribution needs autograd), also when the call
+    comes from inside one.
     """
     if model.training:
         warnings.warn(
@@ -26,7 +28,8 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     modes = {m: m.training for m in model.modules()}
     try:
-        yield
+        with torch.inference_mode(False):
+            yield
     finally:
         with torch.no_grad():
             for name, b in model.named_buffers():

@@ -89,6 +89,20 @@ def test_model_hooks_run_as_in_model_call():
         handle.remove()
 
 
+@pytest.mark.parametrize("method", ["FGGradCam", "FGScoreCam", "LRP"])
+def test_inference_mode_gives_the_same_map(method):
+    """Users wrap evaluation in torch.inference_mode(); 0.1 raised a raw RuntimeError."""
+    import captum_fgcam
+    model = Small().eval()
+    x = image_batch(2, 12, 12)
+    kwargs = {} if method == "LRP" else {"cam_layer": "conv2"}
+    explainer = getattr(captum_fgcam, method)(model, "conv1", **kwargs)
+    plain = explainer.attribute(x, 1)
+    with torch.inference_mode():
+        inside = explainer.attribute(x.clone(), 1)  # an inference tensor as input, too
+    assert torch.equal(inside, plain)
+
+
 def test_a_layer_on_a_side_branch_is_refused():
     model = Small().eval()
     with pytest.raises(LayerError, match="does not feed the CAM layer"):
