@@ -14,8 +14,9 @@ import time
 import torch
 
 from captum_fgcam import zoo
-from captum_fgcam.benchmark import INPUT, SceneItems, Settings, explainers, run
+from captum_fgcam.benchmark import SceneItems, Settings, run
 from captum_fgcam.datasets import Scenes
+from captum_fgcam.methods import INPUT, explainers
 from captum_fgcam.visualization import denormalize, plot_grid
 
 MODEL = "scenes-vgg16bn"
@@ -30,7 +31,7 @@ def figure_maps(model: torch.nn.Module, x: torch.Tensor,
                 target: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
     """``maps[method][column]`` for the figure (plain CAMs have no map at the input)."""
     maps: dict[str, dict[str, torch.Tensor]] = {row: {} for row in ROWS}
-    for (method, layer), explain in explainers(model, ROWS, LAYERS, x).items():
+    for (method, layer), explain in explainers(model, ROWS, LAYERS, x, benchmark=True).items():
         side = x.shape[-1] if layer == INPUT else None
         label = f"input ({side}x{side})" if side else layer
         maps[method][label] = explain(x, target).detach()

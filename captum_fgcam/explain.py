@@ -14,31 +14,26 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
-from captum.attr import LayerGradCam
 from matplotlib.backend_bases import FigureCanvasBase
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
-from .attr import LRP, FGGradCam, FGScoreCam, LayerCam, ScoreCam
+from .methods import INPUT, METHODS, MethodError, explainers, resolve
 from .outputs import OutputError, check_outputs, written
-from .propagation import LayerError, MissingRuleError, find_cam_layer
-from .propagation.graph import find_input_layer
-from .visualization import UPSAMPLING, plot_grid, to_image_map
+from .propagation import PRESETS, LayerError, MissingRuleError, find_cam_layer
+from .visualization import UPSAMPLING, plot_grid
 
-#: command-line method name -> row label in the figure
-METHODS = {"fg-grad-cam": "FG-Grad-CAM", "fg-score-cam": "FG-Score-CAM", "grad-cam": "Grad-CAM",
-           "score-cam": "Score-CAM", "layer-cam": "Layer-CAM", "lrp": "LRP"}
-PLAIN_CAMS = {"grad-cam": LayerGradCam, "score-cam": ScoreCam, "layer-cam": LayerCam}
-INPUT = "input"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-MAP_SUFFIXES = (".pt", ".npy")
+MAP_SUFFIXES = (".pt", ".npz")
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -85,13 +80,13 @@ class LoadedModel:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``explain`` subcommand's arguments."""
     parser.add_argument("images", nargs="+", metavar="IMAGE", type=Path,
-                        help="image files (PNG, JPEG, ...)")
+                        help="image files or folders (searched recursively, see --ext)")
     parser.add_argument("--model", required=True, metavar="NAME_OR_CHECKPOINT",
                         help="a torchvision classification model name (e.g. resnet18), a "
                              "checkpoint file, or a captum_fgcam.zoo name")
     parser.add_argument("--weights", metavar="NAME",
                         help="torchvision weights: DEFAULT or a weights name such as "
-                             "IMAGENET1K_V1 (without it: random weights)")
+                             "IMAGENET1K_V1 (without it: random weights, drawn with --seed)")
     parser.add_argument("--arch", metavar="NAME",
                         help="torchvision architecture of a state_dict checkpoint")
     parser.add_argument("--target", metavar="CLASS",
@@ -99,10 +94,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", action="append", metavar="NAME", dest="layers",
                         help=f"dotted module name, or '{INPUT}' for the pixels; repeat for "
                              "several (default: the CAM layer and the input)")
-    parser.add_argument("--method", action="append", choices=list(METHODS), dest="methods",
-                        help="repeat for several (default: fg-grad-cam)")
+    parser.add_argument("--method", action="append", metavar="METHOD", dest="methods",
+                        help=f"one of {', '.join(METHODS)} (case, '-' and '_' ignored); "
+                             "repeat for several (default: FG-Grad-CAM)")
     parser.add_argument("--denoise", action="store_true",
-                        help="also show the FG methods with SVD denoising")
+                        help="also show each FG method with SVD denoising (its -D variant)")
+    parser.add_argument("--rules", choices=list(PRESETS), default="conserving",
+                        help="relevance rule preset of FG-CAM and LRP (default: conserving)")
     parser.add_argument("--sign", choices=("positive", "all"), default="positive",
                         help="positive relevance, or signed (default: positive)")
     parser.add_argument("--upsample", choices=UPSAMPLING, default="nearest",
@@ -110,13 +108,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, metavar="PIXELS",
                         help="resize and crop images to this size (default: the weights' "
                              "preprocessing, else 224)")
+    parser.add_argument("--ext", default=",".join(s.lstrip(".") for s in IMAGE_SUFFIXES),
+                        metavar="LIST", help="file extensions read from folders (default: "
+                        "%(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N",
+                        help="images explained together (default: 8)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:1, mps, ... (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for random weights (default: 0, so runs repeat)")
     parser.add_argument("--out", type=Path, default=Path("explain.png"), metavar="FILE",
                         help="figure file (default: explain.png; with several images, "
                              "one file per image: explain-<image>.png)")
     parser.add_argument("--maps", type=Path, metavar="FILE",
-                        help="also save the maps: .pt (maps at each layer's resolution) or "
-                             ".npy (images x methods x layers x H x W at image size, NaN "
-                             "where a method has no map)")
+                        help="also save the maps at each layer's resolution: .npz (one "
+                             "array per method and layer, named 'METHOD @ LAYER', N x h x w, "
+                             "with 'images' and 'targets') or .pt (a dict)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar")
 
 
 # -- model -----------------------------------------------------------------------------------
@@ -238,6 +247,24 @@ def load_model(name: str, weights: str | None = None, arch: str | None = None) -
 
 # -- images, target, layers ------------------------------------------------------------------
 
+def image_files(paths: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
+    """The image files named, folders searched recursively for ``suffixes`` (sorted)."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in suffixes)
+            if not found:
+                raise ExplainError(f"folder {path} holds no image files with extensions "
+                                   f"{', '.join(suffixes)} (see --ext)")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise ExplainError(f"image file or folder {path} not found")
+    return list(dict.fromkeys(files))
+
+
 def load_images(paths: Sequence[Path], preprocessing: Preprocessing
                 ) -> tuple[list[np.ndarray], Tensor]:
     """The images as shown (H x W x 3 in [0, 1]) and as a normalised batch."""
@@ -257,18 +284,18 @@ def load_images(paths: Sequence[Path], preprocessing: Preprocessing
     return shown, torch.stack(batch)
 
 
-def resolve_target(spec: str | None, logits: Tensor,
+def resolve_target(spec: str | None, scores: Tensor,
                    categories: Sequence[str] | None) -> list[int]:
     """One class index per image: ``spec`` (an index or a class name) or the prediction."""
-    classes = logits.shape[1]
+    classes = scores.shape[1]
     if spec is None:
-        return logits.argmax(dim=1).tolist()
+        return scores.argmax(dim=1).tolist()
     if spec.lstrip("-").isdigit():
         index = int(spec)
         if not 0 <= index < classes:
             raise ExplainError(f"class index {index} is out of range: the model has {classes} "
                                f"classes; pass --target 0 to {classes - 1}")
-        return [index] * logits.shape[0]
+        return [index] * scores.shape[0]
     if categories is None:
         raise ExplainError(f"class name {spec!r} needs the model's class names, which only "
                            "torchvision --weights provide; pass a class index (0 to "
@@ -277,7 +304,7 @@ def resolve_target(spec: str | None, logits: Tensor,
     if spec.lower() not in lowered:
         raise ExplainError(f"unknown class name {spec!r}{_suggest(spec, list(categories))} "
                            f"(or pass a class index, 0 to {classes - 1})")
-    return [lowered.index(spec.lower())] * logits.shape[0]
+    return [lowered.index(spec.lower())] * scores.shape[0]
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str) -> list[str]:
@@ -299,38 +326,21 @@ def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str
 # -- maps ------------------------------------------------------------------------------------
 
 def compute_maps(model: nn.Module, x: Tensor, targets: list[int], methods: Sequence[str],
-                 layers: Sequence[str], denoise: bool = False) -> dict[str, dict[str, Tensor]]:
-    """``maps[row label][layer] = N x 1 x h x w``; plain CAMs have no map at the input."""
-    first = find_input_layer(model, x[:1])
-    target = torch.tensor(targets)
-    maps: dict[str, dict[str, Tensor]] = {}
-    for method in methods:
-        label = METHODS[method]
-        for layer in layers:
-            to_input = layer == INPUT
-            name = first if to_input else layer
-            if method in PLAIN_CAMS:
-                if not to_input:
-                    cam = PLAIN_CAMS[method](model, model.get_submodule(name))
-                    maps.setdefault(label, {})[layer] = cam.attribute(x, target).detach()
-                continue
-            if method == "lrp":
-                maps.setdefault(label, {})[layer] = LRP(model, name).attribute(
-                    x, target, attribute_to_layer_input=to_input)
-                continue
-            fg = (FGGradCam if method == "fg-grad-cam" else FGScoreCam)(model, name)
-            maps.setdefault(label, {})[layer] = fg.attribute(
-                x, target, attribute_to_layer_input=to_input)
-            if denoise:
-                maps.setdefault(f"{label}, denoised", {})[layer] = fg.attribute(
-                    x, target, attribute_to_layer_input=to_input, denoise=True)
-    for label, row in maps.items():
-        for layer, m in row.items():
-            if m.dim() != 4:
-                raise ExplainError(f"{label} at layer {layer!r} gives a map of shape "
-                                   f"{tuple(m.shape)}, not an image-like one; choose a layer "
-                                   "with a spatial output, at or before the CAM layer")
-    return maps
+                 layers: Sequence[str], rules: str = "conserving"
+                 ) -> dict[str, dict[str, Tensor]]:
+    """``maps[method][layer] = N x 1 x h x w`` (on the CPU) for every pair the registry
+    supports (:mod:`captum_fgcam.methods`: plain CAMs have no map at the input)."""
+    target = torch.tensor(targets, device=x.device)
+    maps: dict[str, dict[str, Tensor]] = {method: {} for method in methods}
+    for (method, layer), explain_batch in explainers(model, methods, layers, x[:1],
+                                                     rules).items():
+        m = explain_batch(x, target)
+        if m.dim() != 4:
+            raise ExplainError(f"{method} at layer {layer!r} gives a map of shape "
+                               f"{tuple(m.shape)}, not an image-like one; choose a layer "
+                               "with a spatial output, at or before the CAM layer")
+        maps[method][layer] = m.cpu()
+    return {method: row for method, row in maps.items() if row}
 
 
 def _column(layer: str, maps: dict[str, dict[str, Tensor]], cam_layer: str) -> str:
@@ -339,20 +349,19 @@ def _column(layer: str, maps: dict[str, dict[str, Tensor]], cam_layer: str) -> s
     return f"{layer} ({shape[0]}x{shape[1]}{note})"
 
 
-def save_maps(path: Path, maps: dict[str, dict[str, Tensor]], layers: Sequence[str],
-              images: Sequence[Path], targets: list[int], size: tuple[int, int],
-              mode: str) -> None:
-    """``.pt``: the maps at layer resolution, with names; ``.npy``: an array at image size."""
+def save_maps(path: Path, maps: dict[str, dict[str, Tensor]], images: Sequence[Path],
+              targets: list[int]) -> None:
+    """The maps at each layer's resolution, named by method and layer: ``.npz`` (arrays
+    ``"METHOD @ LAYER"`` of shape N x h x w, plus ``images`` and ``targets``) or ``.pt``
+    (``{"images", "targets", "maps": {method: {layer: N x 1 x h x w}}}``)."""
     if path.suffix == ".pt":
         torch.save({"images": [str(p) for p in images], "targets": targets, "maps": maps}, path)
         return
-    array = np.full((len(images), len(maps), len(layers), *size), np.nan, dtype=np.float32)
-    for j, row in enumerate(maps.values()):
-        for k, layer in enumerate(layers):
-            if layer in row:
-                for i in range(len(images)):
-                    array[i, j, k] = to_image_map(row[layer][i], size, mode)[..., 0]
-    np.save(path, array)
+    arrays = {f"{method} @ {layer}": m[:, 0].numpy() for method, row in maps.items()
+              for layer, m in row.items()}
+    with path.open("wb") as f:
+        np.savez(f, images=np.array([str(p) for p in images]), targets=np.array(targets),
+                 **arrays)
 
 
 def _outputs(out: Path, images: Sequence[Path]) -> list[Path]:
@@ -364,60 +373,118 @@ def _outputs(out: Path, images: Sequence[Path]) -> list[Path]:
     return [out.with_name(f"{out.stem}-{s}{out.suffix}") for s in stems]
 
 
+def _merge(into: dict[str, dict[str, Tensor]], maps: dict[str, dict[str, Tensor]]) -> None:
+    for method, row in maps.items():
+        for layer, m in row.items():
+            previous = into.setdefault(method, {}).get(layer)
+            into[method][layer] = m if previous is None else torch.cat([previous, m])
+
+
 # -- the command -----------------------------------------------------------------------------
+
+def _methods(args: argparse.Namespace) -> list[str]:
+    """The methods asked for (canonical names), checked against the layers before any work;
+    with ``--denoise`` each FG method's -D variant follows it."""
+    names = args.methods or ["FG-Grad-CAM"]
+    layers = args.layers or ["<the CAM layer>", INPUT]
+    chosen = resolve(names, [INPUT if la == INPUT else "layer" for la in layers])
+    if args.denoise:
+        chosen = list(dict.fromkeys(n for m in chosen for n in (m, f"{m}-D") if n in METHODS))
+    return chosen
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as err:
+        raise ExplainError(f"--device {name}: {_one_line(err, 160)}") from err
+    return device
+
 
 def explain(args: argparse.Namespace) -> None:
     """Everything ``run`` does, raising :class:`ExplainError` for user errors."""
-    for path in args.images:
-        if not path.is_file():
-            raise ExplainError(f"image file {path} not found" if not path.is_dir() else
-                               f"{path} is a folder; pass image files")
+    suffixes = tuple(f".{e.strip().lstrip('.').lower()}" for e in args.ext.split(",")
+                     if e.strip())
+    images = image_files(args.images, suffixes)
     if args.size is not None and args.size < 1:
         raise ExplainError(f"--size {args.size}: give a positive number of pixels")
+    if args.batch_size < 1:
+        raise ExplainError(f"--batch-size {args.batch_size}: give a positive number")
     if args.maps is not None and args.maps.suffix not in MAP_SUFFIXES:
-        raise ExplainError(f"--maps {args.maps}: use a .pt or .npy file name")
+        raise ExplainError(f"--maps {args.maps}: use a .npz or .pt file name")
     if args.out.suffix.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
         raise ExplainError(f"--out {args.out}: use a figure file name such as explain.png")
-    outputs = _outputs(args.out, args.images)
-    check_outputs(outputs + ([args.maps] if args.maps is not None else []), args.images)
+    methods = _methods(args)
+    device = _device(args.device)
+    outputs = _outputs(args.out, images)
+    check_outputs(outputs + ([args.maps] if args.maps is not None else []), images)
+    torch.manual_seed(args.seed)
     loaded = load_model(args.model, args.weights, args.arch)
-    model = loaded.model
-    shown, x = load_images(args.images, loaded.preprocessing.sized(args.size))
-    with torch.no_grad():
-        logits = model(x)
-    targets = resolve_target(args.target, logits, loaded.categories)
-    cam_layer = find_cam_layer(model, x[:1])
-    layers = resolve_layers(model, args.layers, cam_layer)
-    methods = list(dict.fromkeys(args.methods or ["fg-grad-cam"]))
-    maps = compute_maps(model, x, targets, methods, layers, args.denoise)
-    columns = {layer: _column(layer, maps, cam_layer) for layer in layers
-               if any(layer in row for row in maps.values())}
-    probabilities = logits.softmax(dim=1)
-    for i, (image, out) in enumerate(zip(shown, outputs, strict=True)):
-        t = targets[i]
-        name = f" {loaded.categories[t]!r}" if loaded.categories else ""
-        view = "positive relevance" if args.sign == "positive" else "signed relevance"
-        title = (f"{loaded.label}: class {t}{name}, p = {float(probabilities[i, t]):.2f}; "
-                 f"{view}, each map scaled to its maximum")
-        cells = {row: {columns[layer]: m[i] for layer, m in by_layer.items()}
-                 for row, by_layer in maps.items()}
-        fig = plot_grid(image, cells, sign=args.sign, title=title, method="blended_heat_map",
-                        mode=args.upsample)
-        with written(out) as partial:
-            fig.savefig(partial, dpi=110)
-        plt.close(fig)
-        print(f"{args.images[i]}: class {t}{name} -> {out}")
+    model = loaded.model.to(device)
+    preprocessing = loaded.preprocessing.sized(args.size)
+    all_maps: dict[str, dict[str, Tensor]] = {}
+    all_targets: list[int] = []
+    bar = _progress(len(images), args.progress)
+    for start in range(0, len(images), args.batch_size):
+        paths = images[start:start + args.batch_size]
+        shown, x = load_images(paths, preprocessing)
+        x = x.to(device)
+        with torch.no_grad():
+            probabilities = model(x).softmax(dim=1).cpu()
+        targets = resolve_target(args.target, probabilities, loaded.categories)
+        if start == 0:
+            cam_layer = find_cam_layer(model, x[:1])
+            layers = resolve_layers(model, args.layers, cam_layer)
+        maps = compute_maps(model, x, targets, methods, layers, args.rules)
+        columns = {layer: _column(layer, maps, cam_layer) for layer in layers
+                   if any(layer in row for row in maps.values())}
+        for i, (image, path) in enumerate(zip(shown, paths, strict=True)):
+            out = outputs[start + i]
+            summary = _summary(probabilities[i], targets[i], loaded.categories)
+            view = "positive relevance" if args.sign == "positive" else "signed relevance"
+            cells = {row: {columns[layer]: m[i] for layer, m in by_layer.items()}
+                     for row, by_layer in maps.items()}
+            fig = plot_grid(image, cells, sign=args.sign, title=f"{loaded.label}: {summary}; "
+                            f"{view}, each map scaled to its maximum",
+                            method="blended_heat_map", mode=args.upsample)
+            with written(out) as partial:
+                fig.savefig(partial, dpi=110)
+            plt.close(fig)
+            bar.write(f"{path}: {summary} -> {out}")
+        bar.update(len(paths))
+        _merge(all_maps, maps)
+        all_targets += targets
+    bar.close()
     if args.maps is not None:
         with written(args.maps) as partial:
-            save_maps(partial, maps, layers, args.images, targets, x.shape[-2:], args.upsample)
+            save_maps(partial, all_maps, images, all_targets)
         print(f"maps -> {args.maps}")
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="explain", unit="image", disable=not enabled or None,
+                file=sys.stderr)
+
+
+def _summary(probabilities: Tensor, target: int, categories: Sequence[str] | None) -> str:
+    """"class 3 'dog' (p = 0.81), predicted" for one image, or the prediction beside it."""
+    def name(c: int) -> str:
+        return f"{c} {categories[c]!r}" if categories else str(c)
+    predicted = int(probabilities.argmax())
+    text = f"class {name(target)} (p = {float(probabilities[target]):.2f})"
+    if target == predicted:
+        return f"{text}, predicted"
+    return f"{text}; predicted {name(predicted)} (p = {float(probabilities[predicted]):.2f})"
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``explain``; user errors print one line (no traceback) and return 2."""
     try:
         explain(args)
-    except (ExplainError, OutputError, LayerError, MissingRuleError) as err:
+    except (ExplainError, OutputError, LayerError, MissingRuleError, MethodError) as err:
         print(f"captum-fgcam explain: error: {_one_line(err, 1000)}", file=sys.stderr)
         return 2
     return 0

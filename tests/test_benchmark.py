@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captum_fgcam.benchmark import INPUT, METHODS, Settings, default_layers, explainers, run
+from captum_fgcam.benchmark import INPUT, PAPER_METHODS, Settings, default_layers, explainers, run
 from captum_fgcam.benchmark.data import ImageNetVal
 from captum_fgcam.cli import main
 
@@ -60,7 +60,7 @@ def test_every_method_explains_at_every_layer_it_claims() -> None:
 
     model = zoo.load_model("scenes-vgg16bn")
     image, label, _, _ = Scenes(split="test", length=1)[0]
-    pairs = explainers(model, list(METHODS), ["features.33", INPUT])
+    pairs = explainers(model, list(PAPER_METHODS), ["features.33", INPUT], benchmark=True)
     assert len(pairs) == 7 + 4 + 3  # 7 methods at a layer; 4 FG variants + 3 LRP at the input
     for (_, layer), explain in pairs.items():
         maps = explain(image[None], torch.tensor([label]))

@@ -72,7 +72,7 @@ def tiny_cnn() -> nn.Module:
 # -- the command -----------------------------------------------------------------------------
 
 def test_random_weights_figure_and_maps(image, tmp_path, capsys):
-    out, maps = tmp_path / "fig.png", tmp_path / "maps.npy"
+    out, maps = tmp_path / "fig.png", tmp_path / "maps.npz"
     code = explain(image, "--model", "resnet18", "--size", "32", "--out", out, "--maps", maps,
                    "--method", "fg-grad-cam", "--method", "grad-cam", "--denoise")
     captured = capsys.readouterr()
@@ -80,17 +80,24 @@ def test_random_weights_figure_and_maps(image, tmp_path, capsys):
     assert "RANDOM weights" in captured.err and "--weights DEFAULT" in captured.err
     # rows: FG-Grad-CAM, denoised, Grad-CAM; columns: the image, layer4.1, input
     assert png_shape(out) == (int((3 * 2.0 + 0.8) * DPI), int(3 * 2.0 * DPI), 4)
-    array = np.load(maps)
-    assert array.shape == (1, 3, 2, 32, 32)
-    assert np.isnan(array[0, 2, 1]).all()  # Grad-CAM has no map at the input
-    assert np.isfinite(array[0, :, 0]).all() and np.isfinite(array[0, :2, 1]).all()
+    saved = np.load(maps)
+    assert sorted(saved) == ["FG-Grad-CAM @ input", "FG-Grad-CAM @ layer4.1",
+                             "FG-Grad-CAM-D @ input", "FG-Grad-CAM-D @ layer4.1",
+                             "Grad-CAM @ layer4.1", "images", "targets"]
+    assert saved["FG-Grad-CAM @ input"].shape == (1, 32, 32)  # Grad-CAM has no map there
+    assert saved["Grad-CAM @ layer4.1"].shape == (1, 1, 1)
+    assert all(np.isfinite(saved[k]).all() for k in saved if "@" in k)
+    assert saved["images"].tolist() == [str(image)]
 
 
 def test_pretrained_weights_offline_with_class_name(image, tmp_path, cached_weights,
                                                    monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(cached_weights))
     out, maps = tmp_path / "fig.png", tmp_path / "maps.pt"
-    code = explain(image, image, "--model", "resnet18", "--weights", "DEFAULT", "--size", "32",
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / image.name
+    copy.write_bytes(image.read_bytes())
+    code = explain(image, copy, "--model", "resnet18", "--weights", "DEFAULT", "--size", "32",
                    "--target", "Tench", "--layer", "layer3", "--out", out, "--maps", maps)
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -142,6 +149,31 @@ def test_checkpoint(image, tmp_path, capsys):
     assert "save model.state_dict()" in line
 
 
+def test_folders_seed_and_summary(image, tmp_path, capsys):
+    """Folders are searched recursively with an extension filter; --seed makes random
+    weights repeat; each image gets a summary line; maps keep their names."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(image.read_bytes())
+    (folder / "sub" / "b.PNG").write_bytes(image.read_bytes())
+    (folder / "notes.txt").write_text("not an image")
+    runs = []
+    for run in range(2):
+        maps = tmp_path / f"maps{run}.npz"
+        assert explain(folder, "--model", "resnet18", "--size", "32", "--out",
+                       tmp_path / f"fig{run}.png", "--maps", maps, "--batch-size", "1",
+                       "--device", "cpu") == 0
+        runs.append(np.load(maps))
+    out = capsys.readouterr().out
+    assert out.count("predicted") == 4 and "notes" not in out
+    assert runs[0]["images"].tolist() == [str(folder / "a.png"), str(folder / "sub" / "b.PNG")]
+    assert np.array_equal(runs[0]["targets"], runs[1]["targets"])  # same seed, same weights
+    assert np.array_equal(runs[0]["FG-Grad-CAM @ input"], runs[1]["FG-Grad-CAM @ input"])
+    assert runs[0]["FG-Grad-CAM @ input"].shape == (2, 32, 32)
+    assert explain(folder, "--model", "resnet18", "--ext", "jpg") == 2
+    assert "holds no image files with extensions .jpg" in error_line(capsys)
+
+
 def test_zoo_names(image, tmp_path, capsys):
     """The zoo's names are models, with the scenes' size and class names."""
     out = tmp_path / "fig.png"
@@ -158,7 +190,7 @@ def test_zoo_names(image, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["missing.png", "--model", "resnet18"], ["image file missing.png not found"]),
+    (["missing.png", "--model", "resnet18"], ["image file or folder missing.png not found"]),
     (["{image}", "--model", "resnet19"], ["unknown model 'resnet19'", "did you mean",
                                          "resnet18", "list_models"]),
     (["{image}", "--model", "weights/absent.pt"], ["checkpoint file weights/absent.pt not"]),
@@ -171,7 +203,12 @@ def test_zoo_names(image, tmp_path, capsys):
     (["{image}", "--model", "resnet18", "--weights", "IMAGENET9K"],
      ["unknown weights 'IMAGENET9K'", "DEFAULT", "IMAGENET1K_V1"]),
     (["{image}", "--model", "resnet18", "--out", "fig.npy"], ["--out fig.npy", "explain.png"]),
-    (["{image}", "--model", "resnet18", "--maps", "maps.txt"], [".pt or .npy"]),
+    (["{image}", "--model", "resnet18", "--maps", "maps.txt"], [".npz or .pt"]),
+    (["{image}", "--model", "resnet18", "--method", "gradcam", "--layer", "input"],
+     ["Grad-CAM gives maps at layers only, not at input", "FG-Grad-CAM"]),
+    (["{image}", "--model", "resnet18", "--method", "fg-gradcam-plus"],
+     ["unknown method 'fg-gradcam-plus'", "did you mean", "FG-Grad-CAM++"]),
+    (["{image}", "--model", "resnet18", "--device", "cuda:7"], ["--device cuda:7"]),
     (["{image}", "--model", "resnet18", "--arch", "resnet18"], ["--arch applies to a checkpoint"]),
 ])
 def test_errors_name_problem_and_fix(image, args, expected, capsys):
@@ -195,7 +232,7 @@ def test_model_state_comes_back_unchanged():
     model = tiny_cnn().eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randn(1, 3, 16, 16)
-    compute_maps(model, x, [1], list(METHODS), ["3", "input"], denoise=True)
+    compute_maps(model, x, [1], list(METHODS), ["3", "input"])
     assert not model.training
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())

@@ -252,7 +252,7 @@ def test_explain_never_overwrites_an_input(tmp_path, capsys):
     # two images: outputs explain-dog.png (= the second input) and explain-explain-dog.png
     assert _explain(dog, other, "--out", tmp_path / "explain.png") == 2
     assert "is the input" in capsys.readouterr().err
-    assert _explain(dog, "--maps", dog.with_suffix(".npy"), "--out",
+    assert _explain(dog, "--maps", dog.with_suffix(".npz"), "--out",
                     tmp_path / "missing" / "fig.png") == 2
     assert "does not exist" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in (dog, other)} == before
@@ -272,8 +272,9 @@ def test_explain_user_mistakes_end_with_one_line(tmp_path, capsys, problem):
         Image.open(image).convert("RGB").save(jpeg)
         jpeg.write_bytes(jpeg.read_bytes()[:200])
         args[0] = jpeg
-    else:
-        args[0] = tmp_path
+    else:  # a folder without images
+        (tmp_path / "empty").mkdir()
+        args[0] = tmp_path / "empty"
     assert _explain(*args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -286,7 +287,7 @@ def _benchmark(*args) -> int:
 
 @pytest.mark.parametrize("args,message", [
     (["--images", "0"], "at least 1 image"),
-    (["--methods", "fg-grad-cam"], "unknown method"),
+    (["--methods", "fg-grad-kam"], "unknown method"),
     (["--model", "resnet18"], "not a zoo model"),
     (["--batch-size", "0"], "positive"),
 ])

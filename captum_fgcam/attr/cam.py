@@ -76,10 +76,11 @@ class LayerCam(_PlainCam):
 
 class ScoreCam(_PlainCam):
     """Score-CAM; ``variant="reference"`` (FG-CAM's, default) or ``"score-cam"`` (the paper's,
-    as pytorch-grad-cam); ``batch_size`` masked images per forward pass."""
+    as pytorch-grad-cam). Cost: one forward pass per channel of ``layer`` per image,
+    ``batch_size`` masked images at a time; a progress bar on a terminal (``progress``)."""
 
     def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
                  device_ids: list[int] | None = None, batch_size: int = 64,
-                 variant: str = "reference") -> None:
+                 variant: str = "reference", progress: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
-        self.weighting = ScoreCamWeighting(batch_size, variant)
+        self.weighting = ScoreCamWeighting(batch_size, variant, progress)

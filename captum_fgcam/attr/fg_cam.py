@@ -198,14 +198,16 @@ class FGGradCam(FGCam):
 
 class FGScoreCam(FGCam):
     """FG-Score-CAM: Score-CAM components (``variant="reference"``, FG-CAM's, by default;
-    ``"score-cam"`` for the Score-CAM paper's), propagated. ``batch_size`` masked images go
-    through the model per forward pass.
+    ``"score-cam"`` for the Score-CAM paper's), propagated. Cost: one forward pass per channel
+    of the CAM layer per image (512 on VGG16), ``batch_size`` masked images at a time (memory
+    grows with it); a progress bar counts them on a terminal (``progress=False``: none).
     """
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
                  cam_layer: LayerRef | None = None,
                  rules: None | str | RuleMap | Mapping[Any, Any] = None,
                  batch_size: int = 64, device_ids: list[int] | None = None,
-                 variant: str = "reference", fold_batchnorm: bool = False) -> None:
-        super().__init__(forward_func, layer, ScoreCamWeighting(batch_size, variant), cam_layer,
-                         rules, device_ids, fold_batchnorm)
+                 variant: str = "reference", fold_batchnorm: bool = False,
+                 progress: bool = True) -> None:
+        super().__init__(forward_func, layer, ScoreCamWeighting(batch_size, variant, progress),
+                         cam_layer, rules, device_ids, fold_batchnorm)

@@ -16,10 +16,10 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import metrics
+from ..methods import METHODS, PAPER_METHODS, MethodError, get_method
 from ..outputs import OutputError, check_outputs
 from ..propagation import PRESETS, LayerError, MissingRuleError
 from .data import ImageNetVal, SceneItems
-from .methods import METHODS
 from .runner import Settings, run, write_tables
 
 QUICK_IMAGES = 8
@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=224,
                         help="ImageNet: images resized to SIZE x SIZE, no crop (224)")
     parser.add_argument("--images", type=int, default=500, help="number of images (500)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
-                        help=f"subset of {', '.join(METHODS)}")
+    parser.add_argument("--methods", nargs="+", default=list(PAPER_METHODS), metavar="METHOD",
+                        help=f"any of {', '.join(METHODS)} (case, '-' and '_' ignored; "
+                        f"default: the paper's {', '.join(PAPER_METHODS)})")
     parser.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
                         help="dotted layer names or 'input' (default: the paper's)")
     parser.add_argument("--batch-size", type=int, default=8, help="images explained together")
@@ -113,10 +114,10 @@ def _check(args: argparse.Namespace) -> None:
     """Every argument that can be checked before any work."""
     if args.images < 1:
         raise BenchmarkError(f"--images {args.images}: give at least 1 image")
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown:
-        raise BenchmarkError(f"unknown method(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(METHODS)}")
+    try:
+        args.methods = list(dict.fromkeys(get_method(m).name for m in args.methods))
+    except MethodError as err:
+        raise BenchmarkError(str(err)) from None
     for name, value in [("--batch-size", args.batch_size),
                         ("--metric-batch-size", args.metric_batch_size),
                         ("--pixels-per-step", args.pixels_per_step)]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +26,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import metrics
+from ..methods import INPUT, PAPER_METHODS, explainers
 from ..outputs import written
 from ..propagation import find_cam_layer
-from .methods import INPUT, METHODS, explainers
 
 #: Columns of the per-(method, layer) sum vector, in order.
 SUMS = ("images", "drop", "increase", "insertion", "deletion", "localisable", "proportion",
@@ -49,7 +50,7 @@ REPORTED = {
 class Settings:
     """What to run; defaults follow ``spec/evaluation.md``."""
 
-    methods: Sequence[str] = tuple(METHODS)
+    methods: Sequence[str] = PAPER_METHODS
     layers: Sequence[str] = ()
     batch_size: int = 8  # images explained together
     metric_batch_size: int = 128  # perturbed images per forward pass
@@ -88,21 +89,26 @@ def run(model: nn.Module, data: Dataset, settings: Settings,
     layers = list(settings.layers) or default_layers(model, example)
     rank, world = ((dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
                    else (0, 1))
-    pairs = explainers(model, settings.methods, layers, example, settings.rules)
+    pairs = explainers(model, settings.methods, layers, example, settings.rules,
+                       benchmark=True)
     sums = {pair: torch.zeros(len(SUMS), dtype=torch.float64) for pair in pairs}
     loader = DataLoader(_shard(data, rank, world), batch_size=settings.batch_size)
-    batches = loader
-    if settings.progress and rank == 0:
-        from tqdm.auto import tqdm
-        batches = tqdm(loader, desc=f"benchmark ({len(pairs)} method-layer pairs)",
-                       unit="batch")
-    for images, labels, masks, localisable in batches:
+    from tqdm.auto import tqdm
+
+    # one step per (batch, method-layer pair), with the ETA tqdm derives from them
+    bar = tqdm(total=len(loader) * len(pairs), unit="map batch", file=sys.stderr,
+               desc=f"benchmark ({len(pairs)} method-layer pairs, {len(loader)} batches)",
+               disable=not (settings.progress and rank == 0) or None)
+    for images, labels, masks, localisable in loader:
         images, labels = images.to(device), labels.to(device)
         masks, localisable = masks.to(device), localisable.to(device)
-        for pair, explain in pairs.items():
+        for (method, layer), explain in pairs.items():
+            bar.set_postfix_str(f"{method} @ {layer}", refresh=False)
             maps = explain(images, labels).detach()
-            sums[pair] += _batch_sums(model, images, labels, maps, masks, localisable,
-                                      settings, unseen).cpu()
+            sums[method, layer] += _batch_sums(model, images, labels, maps, masks, localisable,
+                                               settings, unseen).cpu()
+            bar.update()
+    bar.close()
     if world > 1:
         flat = torch.stack(list(sums.values())).to(device)
         dist.all_reduce(flat)

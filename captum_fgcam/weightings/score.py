@@ -11,10 +11,17 @@ M_k = (up(A_k) - min) / (max - min + 1e-8) with bilinear align_corners=True, s_k
 
 Both: E_k = w_k A_k with the raw A. The N x C masked forward passes run in chunks of
 ``batch_size`` images, across channels and images alike.
+
+Cost: one forward pass of the model per channel of the CAM layer per image (512 for VGG16's
+features.43, 2048 for ResNet-50's layer4), whatever ``batch_size``; a larger ``batch_size``
+needs memory for that many images' activations at once and runs faster only until the
+device is busy (README "Speed" has measured figures). A progress bar (tqdm, on a terminal
+only; ``progress=False`` hides it) counts the masked images.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -61,13 +68,15 @@ class ScoreCamWeighting:
     VARIANTS = ("reference", "score-cam")
     requires_target = True
 
-    def __init__(self, batch_size: int = 64, variant: str = "reference") -> None:
+    def __init__(self, batch_size: int = 64, variant: str = "reference",
+                 progress: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
         if variant not in self.VARIANTS:
             raise ValueError(f"variant must be one of {self.VARIANTS}; got {variant!r}")
         self.batch_size = batch_size
         self.variant = variant
+        self.progress = progress
 
     def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
                  inputs: tuple[Tensor, ...], target: TargetType,
@@ -91,7 +100,11 @@ class ScoreCamWeighting:
         flat_acts = acts.reshape(n * c, *acts.shape[2:])
         weights = torch.empty(n * c, dtype=x.dtype, device=x.device)
         make_masks = channel_masks if self.variant == "reference" else channel_masks_score_cam
-        with torch.no_grad():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n * c, desc="Score-CAM masked images", unit="image", leave=False,
+                   file=sys.stderr, disable=not self.progress or None)
+        with torch.no_grad(), bar:
             for start in range(0, n * c, self.batch_size):
                 rows = torch.arange(start, min(start + self.batch_size, n * c), device=x.device)
                 image = rows // c
@@ -103,6 +116,7 @@ class ScoreCamWeighting:
                 if self.variant == "reference":
                     out = out.softmax(dim=1)
                 weights[rows] = _select_targets(out, take(targets, rows, n * c)).reshape(-1)
+                bar.update(len(rows))
         if self.variant == "score-cam":
             weights = weights.reshape(n, c).softmax(dim=1)
         return weights.reshape(n, c, *([1] * (acts.dim() - 2))) * acts

@@ -1,0 +1,168 @@
+"""The attribution methods every command and the API know: one registry, one name each.
+
+Each :class:`Method` has a canonical name (the label the paper's tables use), aliases
+(matched ignoring case, ``-``, ``_`` and spaces: ``fg-grad-cam``, ``FG_GradCAM`` and
+``fggradcam`` are all FG-Grad-CAM), the places it gives maps (intermediate layers and/or the
+image), and its display policy: plain CAMs are ReLU'd as in their papers; FG-CAM and the LRP
+family are signed relevance. ``explain``, ``benchmark``, ``demo`` and :func:`explainers`
+read only this table.
+
+The layer ``"input"`` means the image: attribution to the input of
+:func:`~captum_fgcam.find_input_layer`'s module.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from captum.attr import LayerGradCam
+from torch import Tensor, nn
+
+from .attr import CLRP, LRP, SGLRP, FGCam, GradCamPlusPlus, LayerCam, ScoreCam, XGradCam
+from .propagation import find_input_layer
+
+INPUT = "input"
+
+#: (images, targets) -> one map per image, detached
+Explainer = Callable[[Tensor, Tensor], Tensor]
+#: (model, layer name, to_input, rule preset) -> explainer
+Builder = Callable[[nn.Module, str, bool, str], Explainer]
+
+
+class MethodError(ValueError):
+    """An unknown method name, or a method asked for where it gives no map."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """A named attribution method and where it gives maps."""
+
+    name: str
+    family: str  # "CAM", "FG-CAM" or "LRP"
+    build: Builder
+    at_layers: bool  # maps at intermediate layers
+    at_input: bool  # maps at the image
+    relu: bool  # maps are ReLU'd (plain CAMs, as in their papers); otherwise signed
+    aliases: tuple[str, ...] = ()
+    benchmarked_at_layers: bool = True  # the paper reports LRP at the input only
+    cost: str = "one forward and one backward pass per batch"
+
+    def supports(self, layer: str) -> bool:
+        return self.at_input if layer == INPUT else self.at_layers
+
+    def where(self) -> str:
+        return {(True, True): "at layers and at the input", (True, False): "at layers only",
+                (False, True): "at the input only"}[self.at_layers, self.at_input]
+
+
+def _plain(make: Callable[[nn.Module, nn.Module], object]) -> Builder:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+        cam = make(model, model.get_submodule(layer))
+        return lambda x, t: cam.attribute(x, t, relu_attributions=True).detach()
+    return build
+
+
+def _fine_grained(weighting: str, denoise: bool) -> Builder:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+        fg = FGCam(model, layer, weighting=weighting, rules=rules)
+        return lambda x, t: fg.attribute(x, t, attribute_to_layer_input=to_input,
+                                         denoise=denoise).detach()
+    return build
+
+
+def _lrp(cls: type) -> Builder:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+        lrp = cls(model, layer, rules=rules)
+        return lambda x, t: lrp.attribute(x, t, attribute_to_layer_input=to_input).detach()
+    return build
+
+
+_SCORE_COST = "one forward pass per channel of the CAM layer per image (512 on VGG16)"
+_CAMS = [  # (name, plain class, FG weighting, aliases, cost)
+    ("Grad-CAM", LayerGradCam, "grad_cam", (), None),
+    ("Grad-CAM++", GradCamPlusPlus, "grad_cam++", ("Grad-CAM-pp", "Grad-CAM-plus-plus"), None),
+    ("XGrad-CAM", XGradCam, "xgrad_cam", (), None),
+    ("Score-CAM", ScoreCam, "score_cam", (), _SCORE_COST),
+    ("Layer-CAM", LayerCam, "layer_cam", (), None),
+]
+
+
+def _registry() -> dict[str, Method]:
+    methods = []
+    for name, plain, weighting, aliases, cost in _CAMS:
+        extra = {"cost": cost} if cost else {}
+        methods.append(Method(name, "CAM", _plain(plain), True, False, True, aliases, **extra))
+        fine = tuple(f"FG-{a}" for a in aliases)
+        methods.append(Method(f"FG-{name}", "FG-CAM", _fine_grained(weighting, False), True,
+                              True, False, fine, **extra))
+        methods.append(Method(f"FG-{name}-D", "FG-CAM", _fine_grained(weighting, True), True,
+                              True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine)),
+                              **extra))
+    for name, cls in (("LRP", LRP), ("CLRP", CLRP), ("SGLRP", SGLRP)):
+        methods.append(Method(name, "LRP", _lrp(cls), True, True, False,
+                              benchmarked_at_layers=False,
+                              cost="one forward pass and one relevance pass per batch"
+                              + (" (two for CLRP, SGLRP)" if name != "LRP" else "")))
+    return {m.name: m for m in methods}
+
+
+#: canonical name -> method, in table order
+METHODS: dict[str, Method] = _registry()
+#: the paper's comparison (the benchmark's and demo's default rows)
+PAPER_METHODS = ("Grad-CAM", "FG-Grad-CAM", "FG-Grad-CAM-D", "Score-CAM", "FG-Score-CAM",
+                 "FG-Score-CAM-D", "Layer-CAM", "LRP", "CLRP", "SGLRP")
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_\s]", "", name.lower())
+
+
+_BY_KEY = {_key(alias): m for m in METHODS.values() for alias in (m.name, *m.aliases)}
+
+
+def get_method(name: str) -> Method:
+    """The method called ``name`` (canonical or alias; case, ``-``, ``_``, spaces ignored)."""
+    method = _BY_KEY.get(_key(name))
+    if method is None:
+        close = difflib.get_close_matches(_key(name), list(_BY_KEY), n=3, cutoff=0.6)
+        hint = (f"did you mean {', '.join(dict.fromkeys(_BY_KEY[c].name for c in close))}? "
+                if close else "")
+        raise MethodError(f"unknown method {name!r}; {hint}choose from {', '.join(METHODS)}")
+    return method
+
+
+def resolve(names: Iterable[str], layers: Sequence[str]) -> list[str]:
+    """Canonical names of ``names`` (duplicates dropped), each checked to give a map at one
+    of ``layers`` at least."""
+    methods = [get_method(n) for n in names]
+    for method in methods:
+        if not any(method.supports(layer) for layer in layers):
+            able = [m.name for m in METHODS.values() if all(m.supports(la) for la in layers)]
+            raise MethodError(
+                f"{method.name} gives maps {method.where()}, not at {', '.join(layers)}; "
+                f"choose another layer, or a method with maps there ({', '.join(able[:6])}, "
+                "...)")
+    return list(dict.fromkeys(m.name for m in methods))
+
+
+def explainers(model: nn.Module, methods: Sequence[str], layers: Sequence[str],
+               example: Tensor | None = None, rules: str = "conserving",
+               benchmark: bool = False) -> dict[tuple[str, str], Explainer]:
+    """One explainer per (method, layer) pair where the method gives a map, in table order
+    (``example``: an input batch, to find the image layer on; ``rules``: FG-CAM's and LRP's
+    rule preset; ``benchmark``: the paper's pairs only, LRP family at the input)."""
+    chosen = [METHODS[n] for n in resolve(methods, layers)]
+    image_layer = find_input_layer(model, example) if INPUT in layers else ""
+    out: dict[tuple[str, str], Explainer] = {}
+    for layer in layers:
+        to_input = layer == INPUT
+        for method in chosen:
+            if not method.supports(layer) or (benchmark and not to_input
+                                              and not method.benchmarked_at_layers):
+                continue
+            out[method.name, layer] = method.build(model, image_layer if to_input else layer,
+                                                   to_input, rules)
+    return out
