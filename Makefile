@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench benchmark clean
+.PHONY: demo test lint bench benchmark figures clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +25,18 @@ bench: $(STAMP)
 benchmark: $(STAMP)
 	$(VENV)/bin/captum-fgcam benchmark --images 500 --out docs/benchmark/scenes-vgg16bn
 	$(VENV)/bin/captum-fgcam benchmark --model scenes-wall --images 100 --out docs/benchmark/scenes-wall
+
+# The figures in docs/ (README): the demo and three explain figures of one held-out scene.
+EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress
+figures: $(STAMP)
+	$(PY) -m captum_fgcam.demo --out docs/demo.png
+	$(EXPLAIN) --out docs/explain/one-method.png
+	$(EXPLAIN) --out docs/explain/seven-methods.png --method grad-cam --method score-cam \
+	  --method layer-cam --method fg-grad-cam --method fg-grad-cam-d --method fg-score-cam \
+	  --method lrp --layer features.43 --layer features.33 --layer features.23 \
+	  --layer features.13 --layer input --scale method
+	$(EXPLAIN) --out docs/explain/signed.png --sign all --method fg-grad-cam \
+	  --method fg-grad-cam-d --method clrp --layer features.23 --layer input
 
 clean:
 	rm -rf $(VENV) build *.egg-info

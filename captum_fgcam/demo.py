@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     maps = _column_titles(figure_maps(model, x, target))
     title = (f"{MODEL} (trained on the embedded scenes), held-out scene {args.index}: "
              f"class '{Scenes.classes[int(label)]}' (predicted '{Scenes.classes[predicted]}'); "
-             "positive part of each map")
+             "positive relevance per pixel, one colour scale per method, ΣR = each map's total")
     fig = plot_grid(denormalize(image, Scenes.mean, Scenes.std), maps, sign="positive",
-                    title=title)
-    fig.savefig(args.out, dpi=110)
+                    title=title, scale="method")
+    fig.savefig(args.out)
     print(f"saved {args.out}")
 
     fg = maps["FG-Grad-CAM"]

@@ -6,7 +6,9 @@ subtracted (and not added back); with M - mean = U S V^T, the top d singular tri
     E_denoised = reshape( \sum_{k <= d} s_k u_k v_k^T ),   d = int(rank * min(C, hw)) (>= 1)
 
 for a fractional ``rank`` (the paper's 10 %: d = 4 for VGG16 at 224 px), or d = ``rank`` for an
-integer. The result is signed and roughly zero-sum. Computed in float64, returned in E's dtype.
+integer. The result is signed and zero-sum (each v_k is orthogonal to the constant vector, as
+every centred row is): a denoised map's total is 0 up to round-off, at every layer, not the
+class score. Computed in float64, returned in E's dtype.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from torchvision.transforms import InterpolationMode
 from .methods import INPUT, METHODS, MethodError, explainers, resolve
 from .outputs import OutputError, check_outputs, written
 from .propagation import PRESETS, LayerError, MissingRuleError, find_cam_layer
-from .visualization import UPSAMPLING, plot_grid
+from .visualization import DPI, SCALES, UPSAMPLING, plot_grid
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -105,6 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="positive relevance, or signed (default: positive)")
     parser.add_argument("--upsample", choices=UPSAMPLING, default="nearest",
                         help="how layer maps are enlarged to the image (default: nearest)")
+    parser.add_argument("--scale", choices=SCALES, default="map",
+                        help="colour scale: 'map' (each map to its own scale) or 'method' "
+                             "(relevance per pixel, shared by a method's maps, with each "
+                             "map's total; default: map)")
+    parser.add_argument("--bare", action="store_true",
+                        help="bare maps instead of maps over the image")
+    parser.add_argument("--dpi", type=float, default=DPI,
+                        help=f"figure resolution (default: {DPI})")
+    parser.add_argument("--cell", type=float, metavar="INCHES",
+                        help="panel width (default: one image pixel per figure pixel, "
+                             "2 to 6 inches)")
     parser.add_argument("--size", type=int, metavar="PIXELS",
                         help="resize and crop images to this size (default: the weights' "
                              "preprocessing, else 224)")
@@ -409,8 +420,10 @@ def explain(args: argparse.Namespace) -> None:
     images = image_files(args.images, suffixes)
     if args.size is not None and args.size < 1:
         raise ExplainError(f"--size {args.size}: give a positive number of pixels")
-    if args.batch_size < 1:
-        raise ExplainError(f"--batch-size {args.batch_size}: give a positive number")
+    for option, value in [("--batch-size", args.batch_size), ("--dpi", args.dpi),
+                          ("--cell", args.cell or 1)]:
+        if value <= 0:
+            raise ExplainError(f"{option} {value}: give a positive number")
     if args.maps is not None and args.maps.suffix not in MAP_SUFFIXES:
         raise ExplainError(f"--maps {args.maps}: use a .npz or .pt file name")
     if args.out.suffix.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
@@ -446,10 +459,11 @@ def explain(args: argparse.Namespace) -> None:
             cells = {row: {columns[layer]: m[i] for layer, m in by_layer.items()}
                      for row, by_layer in maps.items()}
             fig = plot_grid(image, cells, sign=args.sign, title=f"{loaded.label}: {summary}; "
-                            f"{view}, each map scaled to its maximum",
-                            method="blended_heat_map", mode=args.upsample)
+                            f"{view}", method="heat_map" if args.bare else "blended_heat_map",
+                            mode=args.upsample, scale=args.scale, dpi=args.dpi,
+                            cell=args.cell)
             with written(out) as partial:
-                fig.savefig(partial, dpi=110)
+                fig.savefig(partial)
             plt.close(fig)
             bar.write(f"{path}: {summary} -> {out}")
         bar.update(len(paths))

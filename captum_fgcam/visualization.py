@@ -1,7 +1,25 @@
-"""Figures built on Captum's ``visualize_image_attr`` (no parallel plotting stack).
+"""Figures in the paper's style: maps over the image, rows = methods, columns = layers.
 
-Layer maps are upsampled to the image size (nearest-neighbour by default, so coarse maps stay
-visibly coarse; bilinear on request) and handed to Captum as numpy H x W x 1 arrays.
+Maps at any layer are upsampled to the image (nearest-neighbour by default, so a coarse map
+stays visibly coarse; bilinear on request) and drawn over a grey copy of the image with a
+perceptually uniform colour map ("inferno" for positive relevance, the diverging "RdBu_r"
+centred on 0 for signed relevance), the overlay's opacity growing with |relevance| so that
+zero relevance shows the image. :func:`to_image_map` returns the H x W x 1 arrays Captum's
+``visualize_image_attr`` takes, so every map here also works with Captum's own views
+(:func:`plot_views`).
+
+Two scales:
+
+* ``scale="map"``: each map relative to its own scale s = the |value| below which 98 % of
+  the map's absolute mass lies (Captum's ``outlier_perc=2``), clipped to [0, 1] or [-1, 1];
+* ``scale="method"``: relevance per image pixel, d_p = R_cell / (pixels per cell), with one
+  colour scale per row (per method); every panel shows the map's signed total sum R, so
+  that FG-CAM's conservation (the same total at every layer) is visible.
+
+Panels have fixed sizes: colour bars live in their own column; labels are wrapped to the
+panel width and laid out by matplotlib's constrained layout, so they neither overlap nor
+clip at any grid size. A panel is ``cell`` inches wide (default: the map resolution, 1 image
+pixel per figure pixel at ``dpi``, within 2 to 6 inches).
 """
 
 from __future__ import annotations
@@ -16,13 +34,21 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are saved, not shown  # noqa: E402
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import visualization as viz
+from matplotlib import colors
+from matplotlib.cm import ScalarMappable
 from torch import Tensor
 
 UPSAMPLING = ("nearest", "bilinear")
+SCALES = ("map", "method")
+SIGNS = ("positive", "all")
+CMAPS = {"positive": "inferno", "all": "RdBu_r"}
+DPI = 100
+OUTLIER_PERCENT = 2.0  # Captum's default outlier_perc
 
 
 def to_image_map(attr: Tensor, size: tuple[int, int], mode: str = "nearest") -> np.ndarray:
@@ -46,6 +72,39 @@ def denormalize(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> n
     return (image.detach().cpu() * s + m).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def map_scale(values: np.ndarray, outlier_percent: float = OUTLIER_PERCENT) -> float:
+    """s such that the |values| above s hold ``outlier_percent`` % of sum |values| (Captum's
+    cumulative-sum threshold); 0 for an all-zero map."""
+    flat = np.sort(np.abs(values).ravel())
+    total = flat.sum()
+    if total == 0:
+        return 0.0
+    index = np.searchsorted(np.cumsum(flat), total * (100 - outlier_percent) / 100)
+    return float(flat[min(index, flat.size - 1)])
+
+
+def _density(attr: Tensor, size: tuple[int, int], mode: str) -> np.ndarray:
+    """Relevance per image pixel: the upsampled map divided by the pixels per map cell."""
+    h, w = attr.shape[-2:]
+    return to_image_map(attr, size, mode)[..., 0] * (h * w) / (size[0] * size[1])
+
+
+def _overlay(ax: plt.Axes, grey: np.ndarray, values: np.ndarray, norm: colors.Normalize,
+             cmap: colors.Colormap, blended: bool) -> None:
+    """``values`` in colour over the grey image, opacity growing with |normalised value|."""
+    rgba = cmap(norm(values))
+    if blended:
+        ax.imshow(grey, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        centre = norm(0.0) if norm.vmin < 0 else 0.0
+        strength = np.clip(np.abs(norm(values) - centre) / max(centre, 1 - centre), 0, 1)
+        rgba[..., 3] = 0.9 * np.sqrt(strength)
+    ax.imshow(rgba, interpolation="nearest")
+
+
+def _cell_inches(size: tuple[int, int], cell: float | None, dpi: float) -> float:
+    return cell if cell is not None else float(np.clip(max(size) / dpi, 2.0, 6.0))
+
+
 @contextlib.contextmanager
 def _quiet_normalisation() -> Iterator[None]:
     # Captum warns when the largest value is below 1e-5 in absolute terms; maps of small
@@ -56,54 +115,115 @@ def _quiet_normalisation() -> Iterator[None]:
 
 
 def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
-              sign: str = "positive", title: str | None = None, cell: float = 2.0,
-              method: str = "heat_map", mode: str = "nearest") -> plt.Figure:
-    """Rows = methods, columns = layers; each cell is Captum's view of one map.
+              sign: str = "positive", title: str | None = None, cell: float | None = None,
+              method: str = "blended_heat_map", mode: str = "nearest", scale: str = "map",
+              dpi: float = DPI, cmap: str | None = None) -> plt.Figure:
+    """Rows = methods, columns = layers; the image once, top left.
 
-    ``maps[method][layer]`` is a map at that layer (a missing entry leaves its cell empty);
-    ``sign`` as in Captum ("positive": ReLU then max-scaling, "all": signed values);
-    ``method``: Captum's "heat_map" or "blended_heat_map" (the map over the image);
-    ``mode``: upsampling, as in :func:`to_image_map`. Each column's lowest map has a colour
-    bar (every map is scaled to its own maximum).
+    ``maps[method][layer]`` is a map at that layer (a missing entry leaves its cell empty,
+    marked "no map here"); ``sign``: "positive" (the ReLU'd map) or "all" (signed);
+    ``method``: "blended_heat_map" (the map over the image, default) or "heat_map" (bare
+    maps), as in Captum; ``mode``: upsampling, as in :func:`to_image_map`; ``scale``: "map"
+    or "method" (module docstring); ``cell``: panel width in inches (default: from the
+    image size and ``dpi``); ``cmap``: a matplotlib colour map name.
     """
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}; got {sign!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
+    if method not in ("blended_heat_map", "heat_map"):
+        raise ValueError(f"method must be 'blended_heat_map' or 'heat_map'; got {method!r}")
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
-    size = image.shape[:2]
-    cells = {(i, col): to_image_map(maps[row][col], size, mode)
-             for i, row in enumerate(rows) for col in cols if col in maps[row]}
-    # a positive view of a map without positive values is drawn blank, without colour bar
-    drawn = {key for key, attr in cells.items() if sign != "positive" or np.any(attr > 0)}
-    lowest = {col: max((i for i, c in drawn if c == col), default=-1) for col in cols}
-    fig, axes = plt.subplots(len(rows), len(cols) + 1,
-                             figsize=(cell * (len(cols) + 1), cell * len(rows) + 0.8),
-                             squeeze=False)
-    width = max(12, int(cell * 10))  # characters per title line at font size 9
+    size = tuple(image.shape[:2])
+    colour_map = plt.get_cmap(cmap or CMAPS[sign])
+    values = {(row, col): (_density(maps[row][col], size, mode) if scale == "method"
+                           else to_image_map(maps[row][col], size, mode)[..., 0])
+              for row in rows for col in cols if col in maps[row]}
+    if sign == "positive":
+        values = {key: np.maximum(v, 0) for key, v in values.items()}
+    if scale == "map":  # each map relative to its own scale
+        values = {key: v / s if (s := map_scale(v)) > 0 else v for key, v in values.items()}
+    norms = _norms(values, rows, scale, sign)
+    inches = _cell_inches(size, cell, dpi)
+    font = 9 * max(1.0, inches / 2.5)  # points; grows with large panels
+    label_width = max(8, int(inches * 100 / font))  # characters per line
+    fig = plt.figure(figsize=(inches * (len(cols) + 1) + 0.9, inches * len(rows) + 0.9),
+                     dpi=dpi, layout="constrained")
+    grid = fig.add_gridspec(len(rows), len(cols) + 2,
+                            width_ratios=[1.0] * (len(cols) + 1) + [0.06])
+    grey = image.mean(axis=2) if image.ndim == 3 else image
+    blended = method == "blended_heat_map"
     for i, row in enumerate(rows):
-        axes[i, 0].imshow(image)
-        axes[i, 0].set_axis_off()
-        axes[i, 0].set_title(textwrap.fill(row, width), fontsize=9, loc="left",
-                             fontweight="bold")
+        first = fig.add_subplot(grid[i, 0])
+        first.set_axis_off()
+        if i == 0:
+            first.imshow(image, interpolation="nearest")
+            first.set_axis_on()
+            first.set_xticks([])
+            first.set_yticks([])
+            first.set_title("image", fontsize=font)
         for j, col in enumerate(cols):
-            ax = axes[i, j + 1]
-            if (i, col) not in cells:
-                ax.set_axis_off()
-            elif (i, col) not in drawn:
-                ax.imshow(image if method == "blended_heat_map" else np.ones(size), cmap="gray",
-                          vmin=0, vmax=1)
-                ax.text(0.5, 0.5, "no positive values", transform=ax.transAxes, fontsize=8,
-                        ha="center", va="center", backgroundcolor="white")
-                ax.set_axis_off()
-            else:
-                with _quiet_normalisation():
-                    viz.visualize_image_attr(cells[i, col], image, method=method, sign=sign,
-                                             plt_fig_axis=(fig, ax), use_pyplot=False,
-                                             show_colorbar=i == lowest[col])
-    for j, col in enumerate(cols):
-        axes[0, j + 1].set_title(textwrap.fill(col, width), fontsize=9)
+            ax = fig.add_subplot(grid[i, j + 1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(textwrap.fill(col, label_width), fontsize=font)
+            if j == 0:
+                ax.set_ylabel(textwrap.fill(row, label_width), fontsize=font,
+                              fontweight="bold")
+            if (row, col) not in values:
+                ax.imshow(np.ones(size), cmap="gray", vmin=0, vmax=1)
+                ax.text(0.5, 0.5, "no map here", transform=ax.transAxes, fontsize=font * 0.9,
+                        ha="center", va="center", color="0.4")
+                continue
+            _overlay(ax, grey, values[row, col], norms[row], colour_map, blended)
+            if scale == "method":  # the signed total, conserved by FG-CAM
+                total = float(maps[row][col].sum())
+                if abs(total) < 1e-6 * float(maps[row][col].abs().sum()):
+                    total = 0.0  # round-off of a zero-sum map (denoised FG-CAM)
+                ax.text(0.03, 0.03, f"ΣR = {total:.3g}", transform=ax.transAxes,
+                        fontsize=font * 0.8,
+                        va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5,
+                                           "edgecolor": "none"})
+    _colour_bars(fig, grid, rows, norms, colour_map, scale, font * 0.8)
     if title:
-        fig.suptitle(textwrap.fill(title, width * (len(cols) + 1)), fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(textwrap.fill(title, label_width * (len(cols) + 1)), fontsize=font * 1.1)
     return fig
+
+
+def _norms(values: Mapping[tuple[str, str], np.ndarray], rows: Sequence[str], scale: str,
+           sign: str) -> dict[str, colors.Normalize]:
+    """One normalisation per row: [0, 1] or [-1, 1] for maps already divided by their own
+    scale, else the joint scale of the row's maps."""
+    norms = {}
+    for row in rows:
+        row_values = [v for (r, _), v in values.items() if r == row]
+        if scale == "map":
+            vmax = 1.0
+        else:
+            joint = np.concatenate([v.ravel() for v in row_values]) if row_values else [0.0]
+            vmax = map_scale(np.asarray(joint)) or 1.0
+        norms[row] = (colors.Normalize(0.0, vmax, clip=True) if sign == "positive"
+                      else colors.Normalize(-vmax, vmax, clip=True))
+    return norms
+
+
+def _colour_bars(fig: plt.Figure, grid: matplotlib.gridspec.GridSpec, rows: Sequence[str],
+                 norms: Mapping[str, colors.Normalize], cmap: colors.Colormap,
+                 scale: str, font: float) -> None:
+    """Colour bars in their own column: one for the figure (scale "map"), one per row."""
+    spans = [(slice(None), rows[0])] if scale == "map" else [(i, r) for i, r in enumerate(rows)]
+    label = ("relevance / map scale" if scale == "map" else "relevance per pixel")
+    for where, row in spans:
+        ax = fig.add_subplot(grid[where, -1])
+        bar = fig.colorbar(ScalarMappable(norm=norms[row], cmap=cmap), cax=ax)
+        bar.ax.tick_params(labelsize=font)
+        low, high = norms[row].vmin, norms[row].vmax
+        ticks = matplotlib.ticker.MaxNLocator(nbins=4, symmetric=low < 0).tick_values(low, high)
+        bar.set_ticks([t for t in ticks if low <= t <= high])
+        bar.formatter = matplotlib.ticker.FormatStrFormatter("%.2g")
+        bar.set_label(label, fontsize=font)
 
 
 def plot_views(image: np.ndarray, attr: Tensor, title: str | None = None,

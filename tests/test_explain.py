@@ -18,7 +18,7 @@ from captum_fgcam.explain import METHODS, compute_maps
 from captum_fgcam.visualization import plot_grid, plot_views, to_image_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-DPI = 110  # explain saves at this resolution; plot_grid's cells are 2 inches
+DPI = 100  # explain's default resolution; small images get 2-inch panels
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,12 @@ def error_line(capsys) -> str:
     return err.splitlines()[-1]
 
 
+def grid_shape(rows: int, columns: int, cell: float = 2.0) -> tuple[int, int]:
+    """Pixel height and width of a figure of ``rows`` x ``columns`` maps (plus the image
+    column, a colour bar column and the title)."""
+    return round((cell * rows + 0.9) * DPI), round((cell * (columns + 1) + 0.9) * DPI)
+
+
 def png_shape(path: Path) -> tuple[int, ...]:
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     return matplotlib.image.imread(path).shape
@@ -79,7 +85,7 @@ def test_random_weights_figure_and_maps(image, tmp_path, capsys):
     assert code == 0
     assert "RANDOM weights" in captured.err and "--weights DEFAULT" in captured.err
     # rows: FG-Grad-CAM, denoised, Grad-CAM; columns: the image, layer4.1, input
-    assert png_shape(out) == (int((3 * 2.0 + 0.8) * DPI), int(3 * 2.0 * DPI), 4)
+    assert png_shape(out) == (*grid_shape(3, 2), 4)
     saved = np.load(maps)
     assert sorted(saved) == ["FG-Grad-CAM @ input", "FG-Grad-CAM @ layer4.1",
                              "FG-Grad-CAM-D @ input", "FG-Grad-CAM-D @ layer4.1",
@@ -103,7 +109,7 @@ def test_pretrained_weights_offline_with_class_name(image, tmp_path, cached_weig
     assert code == 0, captured.err
     assert "RANDOM" not in captured.err
     assert captured.out.count("class 0 'tench'") == 2
-    assert all(png_shape(tmp_path / f"fig-{i}-square.png")[:2] == (int(2.8 * DPI), 4 * DPI)
+    assert all(png_shape(tmp_path / f"fig-{i}-square.png")[:2] == grid_shape(1, 1)
                for i in (1, 2))
     saved = torch.load(maps, weights_only=True)
     assert saved["targets"] == [0, 0]
@@ -133,7 +139,7 @@ def test_checkpoint(image, tmp_path, capsys):
                    "--target", "4", "--method", "lrp", "--out", out)
     assert code == 0, capsys.readouterr().err
     assert "class 4" in capsys.readouterr().out
-    assert png_shape(out)[:2] == (int(2.8 * DPI), 3 * 2 * DPI)
+    assert png_shape(out)[:2] == grid_shape(1, 2)
 
     assert explain(image, "--model", checkpoint) == 2
     line = error_line(capsys)
@@ -257,18 +263,52 @@ def test_to_image_map_nearest_and_bilinear():
 
 
 @pytest.mark.parametrize("sign", ["positive", "all"])
-def test_plot_grid_and_views(sign):
+@pytest.mark.parametrize("scale", ["map", "method"])
+def test_plot_grid_and_views(sign, scale):
     img = np.random.default_rng(0).random((16, 16, 3))
     maps = {"A": {"l1": torch.randn(1, 4, 4), "input": torch.randn(1, 16, 16)},
             "B": {"l1": -torch.ones(1, 4, 4)}}
-    fig = plot_grid(img, maps, sign=sign, title="t", method="blended_heat_map",
-                    mode="bilinear")
-    assert [ax.get_title() for ax in fig.axes[:3]] == ["", "l1", "input"]
-    assert fig.axes[0].get_title(loc="left") == "A"
-    assert len(fig.axes) == 6 + 2  # 2 x 3 cells, a colour bar under each map column
+    fig = plot_grid(img, maps, sign=sign, title="t", mode="bilinear", scale=scale)
+    fig.canvas.draw()
+    # row 0: the image, then one panel per layer; row 1: an empty slot, its panels
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "l1", "input"]
+    assert fig.axes[1].get_ylabel() == "A" and fig.axes[4].get_ylabel() == "B"
+    bars = 1 if scale == "map" else 2  # one colour bar, or one per method
+    assert len(fig.axes) == 2 * 3 + bars
+    panels = [ax.get_position().bounds for ax in fig.axes[:6] if ax.get_title() != "image"]
+    widths = {round(b[2], 4) for b in panels}
+    assert len(widths) == 1, widths  # colour bars never shrink a panel
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "no map here" in texts  # B has no map at the input
+    if scale == "method":  # each panel names its map's total
+        assert "ΣR = -16" in texts
     views = plot_views(img, maps["A"]["l1"], title="one map")
     titles = [ax.get_title() for ax in views.axes]
     assert titles[:3] == ["image", "signed (green +, red -)", "positive, over the image"]
+
+
+def test_figure_text_never_overlaps():
+    """Titles, row labels and colour bar labels of an 8 x 6 grid with long names: no two
+    text boxes overlap and none leaves the figure."""
+    img = np.random.default_rng(0).random((32, 32, 3))
+    rows = [f"FG-Grad-CAM++-D, variant {i} with a long name" for i in range(8)]
+    cols = [f"backbone.stage{j}.block.conv2 ({4 * j + 4}x{4 * j + 4}, CAM layer)"
+            for j in range(6)]
+    maps = {r: {c: torch.randn(1, 4 * j + 4, 4 * j + 4) for j, c in enumerate(cols)}
+            for r in rows}
+    fig = plot_grid(img, maps, sign="all", scale="method", title="a long title " * 30)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_visible()]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    figure = fig.bbox
+    for box in boxes:
+        assert box.x0 >= figure.x0 - 1 and box.x1 <= figure.x1 + 1
+        assert box.y0 >= figure.y0 - 1 and box.y1 <= figure.y1 + 1
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            overlap = min(a.x1, b.x1) - max(a.x0, b.x0), min(a.y1, b.y1) - max(a.y0, b.y0)
+            assert not (overlap[0] > 1 and overlap[1] > 1), (a, b)
 
 
 def test_a_vision_transformer_is_refused_before_any_figure(image, tmp_path, capsys):

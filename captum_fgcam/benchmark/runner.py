@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import metrics
-from ..methods import INPUT, PAPER_METHODS, explainers
+from ..methods import INPUT, METHODS, PAPER_METHODS, explainers
 from ..outputs import written
 from ..propagation import find_cam_layer
 
@@ -44,6 +44,7 @@ REPORTED = {
     "Pointing": ("pointing", "localisable", 1.0),
     "Unseen": ("unseen", "walled", 1.0),
 }
+LOWER_IS_BETTER = ("A.D.", "Deletion", "Unseen")
 
 
 @dataclass
@@ -169,9 +170,8 @@ def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
             for metric in shown:
                 writer.writerow([method, layer, metric, f"{r[metric]:.6g}", int(r["images"])])
     lines = [f"# {title}", ""]
-    better = {"A.D.": "lower", "Deletion": "lower", "Unseen": "lower"}
     for metric in shown:
-        lines += [f"## {metric} ({better.get(metric, 'higher')} is better)", "",
+        lines += [f"## {metric} ({_better(metric)} is better)", "",
                   "| method | " + " | ".join(layers) + " |",
                   "|---|" + "---|" * len(layers)]
         for method in methods:
@@ -185,6 +185,28 @@ def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
     with written(png_path) as partial:
         _plot(results, methods, layers, shown, partial, title)
     return [csv_path, md_path, png_path]
+
+
+def _better(metric: str) -> str:
+    return "lower" if metric in LOWER_IS_BETTER else "higher"
+
+
+def _style(method: str) -> dict[str, object]:
+    """Line style by family: one colour per CAM weighting (FG-X shares X's), plain CAMs
+    dashed with squares, FG-CAM solid with circles, denoised FG-CAM dash-dot with triangles,
+    the LRP family dotted with diamonds."""
+    family = METHODS[method].family if method in METHODS else "CAM"
+    base = method.removeprefix("FG-").removesuffix("-D")
+    palette = list(dict.fromkeys(m.name.removeprefix("FG-").removesuffix("-D")
+                                 for m in METHODS.values()))
+    colour = f"C{palette.index(base) % 10}" if base in palette else None
+    if family == "LRP":
+        return {"color": colour, "linestyle": ":", "marker": "D"}
+    if family == "CAM":
+        return {"color": colour, "linestyle": "--", "marker": "s"}
+    denoised = method.endswith("-D")
+    return {"color": colour, "linestyle": "-." if denoised else "-",
+            "marker": "^" if denoised else "o"}
 
 
 def _cell(r: dict[str, float] | None, metric: str) -> str:
@@ -202,20 +224,21 @@ def _plot(results: dict[tuple[str, str], dict[str, float]], methods: list[str],
 
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.9),
+                             squeeze=False, layout="constrained")
     for ax, metric in zip(axes.flat, shown, strict=False):
         for method in methods:
             xs = [i for i, layer in enumerate(layers) if (method, layer) in results]
             ys = [results[method, layers[i]][metric] for i in xs]
-            ax.plot(xs, ys, marker="o", label=method)
+            ax.plot(xs, ys, label=method, markersize=5, **_style(method))
         ax.set_xticks(range(len(layers)), layers, fontsize=8)
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(f"{metric} ({_better(metric)} is better)", fontsize=10)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(shown):]:
         ax.set_axis_off()
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)),
+               fontsize=8)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
