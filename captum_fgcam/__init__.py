@@ -8,7 +8,9 @@ from .attr import (
     FGGradCam,
     FGScoreCam,
     GradCamPlusPlus,
+    HiResCam,
     LayerCam,
+    RefineCam,
     ScoreCam,
     XGradCam,
 )
@@ -41,7 +43,7 @@ __all__ = [
     "CLRP", "LRP", "SGLRP",
     "AlphaOneBetaZeroRule", "ArithmeticRule", "CaptureError", "EpsilonRule", "FGCam",
     "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
-    "LayerCam", "ScoreCam", "XGradCam",
+    "HiResCam", "LayerCam", "RefineCam", "ScoreCam", "XGradCam",
     "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule",
     "RoutingRule", "Rule", "RuleMap", "SignAwareZRule",
     "WinnerTakeAllRule", "ZBoxRule", "ZPlusRule", "ZRule", "find_cam_layer", "find_input_layer",

@@ -18,18 +18,30 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from captum.attr import LayerGradCam
+from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam
 from torch import Tensor, nn
 
-from .attr import CLRP, LRP, SGLRP, FGCam, GradCamPlusPlus, LayerCam, ScoreCam, XGradCam
-from .propagation import find_input_layer
+from .attr import (
+    CLRP,
+    LRP,
+    SGLRP,
+    FGCam,
+    GradCamPlusPlus,
+    HiResCam,
+    LayerCam,
+    RefineCam,
+    ScoreCam,
+    XGradCam,
+)
+from .attr.refine import find_refine_layers
+from .propagation import find_cam_layer, find_input_layer
 
 INPUT = "input"
 
 #: (images, targets) -> one map per image, detached
 Explainer = Callable[[Tensor, Tensor], Tensor]
-#: (model, layer name, to_input, rule preset) -> explainer
-Builder = Callable[[nn.Module, str, bool, str], Explainer]
+#: (model, layer name, to_input, rule preset, example input) -> explainer
+Builder = Callable[[nn.Module, str, bool, str, Tensor | None], Explainer]
 
 
 class MethodError(ValueError):
@@ -41,7 +53,7 @@ class Method:
     """A named attribution method and where it gives maps."""
 
     name: str
-    family: str  # "CAM", "FG-CAM" or "LRP"
+    family: str  # "CAM", "FG-CAM", "guided" or "LRP"
     build: Builder
     at_layers: bool  # maps at intermediate layers
     at_input: bool  # maps at the image
@@ -59,14 +71,16 @@ class Method:
 
 
 def _plain(make: Callable[[nn.Module, nn.Module], object]) -> Builder:
-    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str,
+              example: Tensor | None) -> Explainer:
         cam = make(model, model.get_submodule(layer))
         return lambda x, t: cam.attribute(x, t, relu_attributions=True).detach()
     return build
 
 
 def _fine_grained(weighting: str, denoise: bool) -> Builder:
-    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str,
+              example: Tensor | None) -> Explainer:
         fg = FGCam(model, layer, weighting=weighting, rules=rules)
         return lambda x, t: fg.attribute(x, t, attribute_to_layer_input=to_input,
                                          denoise=denoise).detach()
@@ -74,15 +88,46 @@ def _fine_grained(weighting: str, denoise: bool) -> Builder:
 
 
 def _lrp(cls: type) -> Builder:
-    def build(model: nn.Module, layer: str, to_input: bool, rules: str) -> Explainer:
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str,
+              example: Tensor | None) -> Explainer:
         lrp = cls(model, layer, rules=rules)
         return lambda x, t: lrp.attribute(x, t, attribute_to_layer_input=to_input).detach()
+    return build
+
+
+def _refine(model: nn.Module, layer: str, to_input: bool, rules: str,
+            example: Tensor | None) -> Explainer:
+    refine = RefineCam(model, find_refine_layers(model, None if to_input else layer, example))
+
+    def explain(x: Tensor, t: Tensor) -> Tensor:
+        return refine.attribute(x, t, size=x.shape[2:] if to_input else None)
+    return explain
+
+
+def _guided(fine_grained: bool) -> Builder:
+    """Guided backpropagation times a CAM at the image: Grad-CAM upsampled bilinearly (Captum's
+    ``GuidedGradCam``), or the FG-Grad-CAM input map in its place."""
+    def build(model: nn.Module, layer: str, to_input: bool, rules: str,
+              example: Tensor | None) -> Explainer:
+        cam_layer = model.get_submodule(find_cam_layer(model, example))
+        if not fine_grained:
+            guided = GuidedGradCam(model, cam_layer)
+            return lambda x, t: guided.attribute(x, t, interpolate_mode="bilinear").sum(
+                dim=1, keepdim=True).detach()
+        backprop = GuidedBackprop(model)
+        fg = FGCam(model, layer, rules=rules)
+
+        def explain(x: Tensor, t: Tensor) -> Tensor:
+            cam = fg.attribute(x, t, attribute_to_layer_input=True).detach()
+            return (backprop.attribute(x, t).detach() * cam).sum(dim=1, keepdim=True)
+        return explain
     return build
 
 
 _SCORE_COST = "one forward pass per channel of the CAM layer per image (512 on VGG16)"
 _CAMS = [  # (name, plain class, FG weighting, aliases, cost)
     ("Grad-CAM", LayerGradCam, "grad_cam", (), None),
+    ("HiResCAM", HiResCam, "hires_cam", (), None),
     ("Grad-CAM++", GradCamPlusPlus, "grad_cam++", ("Grad-CAM-pp", "Grad-CAM-plus-plus"), None),
     ("XGrad-CAM", XGradCam, "xgrad_cam", (), None),
     ("Score-CAM", ScoreCam, "score_cam", (), _SCORE_COST),
@@ -101,6 +146,12 @@ def _registry() -> dict[str, Method]:
         methods.append(Method(f"FG-{name}-D", "FG-CAM", _fine_grained(weighting, True), True,
                               True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine)),
                               **extra))
+    methods.append(Method("RefineCAM", "CAM", _refine, True, True, True,
+                          cost="one forward and one backward pass per layer multiplied"))
+    methods.append(Method("Guided Grad-CAM", "guided", _guided(False), False, True, False,
+                          cost="two forward and two backward passes"))
+    methods.append(Method("Guided FG-Grad-CAM", "guided", _guided(True), False, True, False,
+                          cost="two forward and two backward passes"))
     for name, cls in (("LRP", LRP), ("CLRP", CLRP), ("SGLRP", SGLRP)):
         methods.append(Method(name, "LRP", _lrp(cls), True, True, False,
                               benchmarked_at_layers=False,
@@ -164,5 +215,5 @@ def explainers(model: nn.Module, methods: Sequence[str], layers: Sequence[str],
                                               and not method.benchmarked_at_layers):
                 continue
             out[method.name, layer] = method.build(model, image_layer if to_input else layer,
-                                                   to_input, rules)
+                                                   to_input, rules, example)
     return out

@@ -39,8 +39,8 @@ TargetLike = int | Sequence[int] | Tensor
 
 __all__ = [
     "Blur", "DEFAULT_BLUR", "RISE_BLUR", "DropIncrease", "InsertionDeletion",
-    "average_drop_increase", "insertion_deletion", "energy_proportion", "pointing_game",
-    "unseen_mass",
+    "average_drop_increase", "dead_zone", "insertion_deletion", "energy_proportion",
+    "pointing_game", "unseen_mass",
 ]
 
 
@@ -458,3 +458,19 @@ def unseen_mass(attributions: Tensor, unseen: Tensor,
     connections gives ~0. ``unseen`` as ``region`` in :func:`energy_proportion`.
     """
     return energy_proportion(attributions, unseen, image_size)
+
+
+def dead_zone(attributions: Tensor, region: Tensor,
+              image_size: tuple[int, int] | None = None) -> Tensor:
+    """Taimeskhanov et al.'s measure for a wall, shape (N,): with m the positive part of the
+    map (their CAMs are ReLU'd; a signed map's zeros would otherwise be lifted above its
+    minimum), upsampled to the image and min-max normalised per image (m - min) / (max - min),
+    ||m restricted to the region||_2 / ||m||_2 (0 for a constant map). ``region`` as in
+    :func:`energy_proportion` (their region: the bottom rows the classifier never reads)."""
+    sal, mask = _map_and_mask(attributions, region, image_size)
+    flat = sal.flatten(1).clamp(min=0)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    scaled = torch.where(high > low, (flat - low) / (high - low), torch.zeros_like(flat))
+    inside = (scaled * mask.flatten(1)).norm(dim=1)
+    total = scaled.norm(dim=1)
+    return torch.where(total > 0, inside / total, torch.zeros_like(total))

@@ -152,9 +152,10 @@ def test_run_is_per_image_so_sharding_cannot_change_results() -> None:
     settings.batch_size = 1
     single = run(model, data, settings)
     for pair in whole:
-        assert math.isnan(whole[pair]["Unseen"])  # no hidden region: no Unseen metric
+        assert math.isnan(whole[pair]["Unseen"])  # no wall: no Unseen or Dead zone metric
+        assert math.isnan(whole[pair]["Dead zone"])
         for metric, value in whole[pair].items():
-            if metric != "Unseen":
+            if metric not in ("Unseen", "Dead zone"):
                 assert math.isclose(value, single[pair][metric], rel_tol=1e-4, abs_tol=1e-6)
 
 
@@ -169,4 +170,6 @@ def test_unseen_metric_on_the_wall_model() -> None:
     results = run(model, SceneItems(scenes), settings,
                   unseen=model.unseen_mask(scenes.size, scenes.size))
     assert results["FG-Grad-CAM", INPUT]["Unseen"] == 0
+    assert results["FG-Grad-CAM", INPUT]["Dead zone"] == 0
     assert results["Grad-CAM", "features.28"]["Unseen"] > 0.05
+    assert results["Grad-CAM", "features.28"]["Dead zone"] > 0.05

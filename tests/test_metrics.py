@@ -461,3 +461,16 @@ def test_cuda_equals_cpu(cnn, batch):
     box = torch.tensor([[0, 0, 6, 6]] * 3)
     torch.testing.assert_close(energy_proportion(attr.cuda(), box.cuda(), (12, 12)).cpu(),
                                energy_proportion(attr, box, (12, 12)))
+
+
+def test_dead_zone_known_answers():
+    """||minmax(m) in region||_2 / ||minmax(m)||_2: a map 0 at its minimum, 1 in the top row
+    and 1 in one bottom pixel of a 4x4 image; region = the bottom two rows."""
+    from captum_fgcam.metrics import dead_zone
+    m = torch.zeros(1, 1, 4, 4)
+    m[0, 0, 0, :] = 3.0
+    m[0, 0, 3, 0] = 3.0
+    region = torch.zeros(4, 4, dtype=torch.bool)
+    region[2:] = True
+    torch.testing.assert_close(dead_zone(m - 1, region), torch.tensor([1 / 5 ** 0.5]))
+    assert dead_zone(torch.ones(1, 1, 4, 4), region).item() == 0  # constant map

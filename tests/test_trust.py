@@ -144,6 +144,7 @@ def test_an_overflow_in_the_forward_pass_is_located():
 @pytest.mark.parametrize("weighting,message", [
     (lambda f, layer, inputs, target, extra=None: None, "returned NoneType"),
     (lambda f, layer, inputs, target, extra=None: [1.0], "returned list"),
+    (lambda f, layer, inputs, target, extra=None: np.ones((1, 8, 12, 12)), "returned ndarray"),
     (lambda f, layer, inputs, target, extra=None: torch.ones(1, 2), "shape"),
 ])
 def test_a_weighting_that_returns_no_components_is_named(weighting, message):

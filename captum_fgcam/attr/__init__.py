@@ -1,8 +1,9 @@
 """Captum-facing attribution classes."""
 
-from .cam import GradCamPlusPlus, LayerCam, ScoreCam, XGradCam
+from .cam import GradCamPlusPlus, HiResCam, LayerCam, ScoreCam, XGradCam
 from .fg_cam import FGCam, FGGradCam, FGScoreCam
 from .lrp import CLRP, LRP, SGLRP
+from .refine import RefineCam
 
 __all__ = ["CLRP", "LRP", "SGLRP", "FGCam", "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
-           "LayerCam", "ScoreCam", "XGradCam"]
+           "HiResCam", "LayerCam", "RefineCam", "ScoreCam", "XGradCam"]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from .._state import preserved_state
 from ..propagation.capture import scores_of, unwrap
-from ..weightings import ScoreCamWeighting, grad_cam_plus_plus, layer_cam, xgrad_cam
+from ..weightings import ScoreCamWeighting, grad_cam_plus_plus, hires_cam, layer_cam, xgrad_cam
 from .validation import as_target, check_inputs
 
 
@@ -72,6 +72,14 @@ class LayerCam(_PlainCam):
     """Layer-CAM (Jiang et al. 2021): pixel-wise weights relu(dy_c/dA) * A."""
 
     weighting = staticmethod(layer_cam)
+
+
+class HiResCam(_PlainCam):
+    """HiResCAM (Draelos & Carin 2020): sum_k dy_c/dA_k * A_k, element-wise (no averaging of
+    the gradient over the map), so the map is exactly the first-order contribution of each
+    position of the layer to the score."""
+
+    weighting = staticmethod(hires_cam)
 
 
 class ScoreCam(_PlainCam):

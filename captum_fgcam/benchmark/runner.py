@@ -8,7 +8,9 @@ the numbers one process gives. Per (method, layer) the sums are::
     Insertion, Deletion = mean AUC,     Overall = Insertion - Deletion,
     Proportion = mean over localisable images of (map+ inside object) / (map+ everywhere),
     Pointing = share of localisable images whose maximum lies on the object,
-    Unseen = mean share of map+ in the region the model cannot see (models that have one).
+    Unseen = mean share of map+ behind the model's wall (``model.unseen_mask``: the pixels it
+        cannot see, or for a wall after the CAM layer the rows its classifier never reads),
+    Dead zone = Taimeskhanov et al.'s ||minmax(map) behind the wall||_2 / ||minmax(map)||_2.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..propagation import find_cam_layer
 
 #: Columns of the per-(method, layer) sum vector, in order.
 SUMS = ("images", "drop", "increase", "insertion", "deletion", "localisable", "proportion",
-        "pointing", "walled", "unseen")
+        "pointing", "walled", "unseen", "dead")
 #: Reported metrics: name -> (numerator, denominator, scale).
 REPORTED = {
     "A.D.": ("drop", "images", 1.0),
@@ -43,8 +45,9 @@ REPORTED = {
     "Proportion": ("proportion", "localisable", 1.0),
     "Pointing": ("pointing", "localisable", 1.0),
     "Unseen": ("unseen", "walled", 1.0),
+    "Dead zone": ("dead", "walled", 1.0),
 }
-LOWER_IS_BETTER = ("A.D.", "Deletion", "Unseen")
+LOWER_IS_BETTER = ("A.D.", "Deletion", "Unseen", "Dead zone")
 
 
 @dataclass
@@ -83,8 +86,8 @@ def _shard(data: Dataset, rank: int, world: int) -> Dataset:
 def run(model: nn.Module, data: Dataset, settings: Settings,
         unseen: Tensor | None = None) -> dict[tuple[str, str], dict[str, float]]:
     """Explain every image of ``data`` with every method at every layer; returns the
-    reported metrics per (method, layer). ``unseen`` (H x W bool) marks pixels the model
-    cannot see; with it the Unseen metric is computed."""
+    reported metrics per (method, layer). ``unseen`` (H x W bool) marks the region behind the
+    model's wall; with it the Unseen and Dead zone metrics are computed."""
     device = next(model.parameters()).device
     example = data[0][0][None].to(device)
     layers = list(settings.layers) or default_layers(model, example)
@@ -128,12 +131,13 @@ def _batch_sums(model: nn.Module, images: Tensor, labels: Tensor, maps: Tensor,
     loc = localisable.bool()
     proportion = metrics.energy_proportion(maps, masks)
     pointing = metrics.pointing_game(maps, masks).float()
-    hidden = (metrics.unseen_mass(maps, unseen.expand_as(masks)) if unseen is not None
-              else torch.zeros(len(images), device=images.device))
+    zeros = torch.zeros(len(images), device=images.device)
+    hidden = metrics.unseen_mass(maps, unseen.expand_as(masks)) if unseen is not None else zeros
+    dead = metrics.dead_zone(maps, unseen.expand_as(masks)) if unseen is not None else zeros
     values = [len(images), drop.drop.sum(), drop.increase.float().sum(),
               curves.insertion.sum(), curves.deletion.sum(), loc.sum(),
               proportion[loc].sum(), pointing[loc].sum(),
-              0 if unseen is None else len(images), hidden.sum()]
+              0 if unseen is None else len(images), hidden.sum(), dead.sum()]
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
 

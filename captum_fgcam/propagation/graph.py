@@ -166,7 +166,9 @@ def example_input(model: nn.Module) -> Tensor:
     return torch.randn(1, *shape, dtype=p.dtype, device=p.device)
 
 
-def _capture_example(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> Capture:
+def record_example(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -> Capture:
+    """One recorded forward pass of ``model`` on ``inputs`` (default: a random input shaped
+    for its first layer), training flags restored."""
     module = unwrap(model)
     require_module(module)
     synthetic = inputs is None
@@ -256,12 +258,12 @@ def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     :func:`example_input`). Attention models are refused (no relevance rule for attention).
     """
     module = unwrap(model)
-    return cam_layer_in(_capture_example(module, inputs), module)
+    return cam_layer_in(record_example(module, inputs), module)
 
 
 def find_output_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None) -> str:
     """The module whose output is the model's output (the logits), e.g. ``fc``."""
-    cap = _capture_example(model, inputs)
+    cap = record_example(model, inputs)
     result = next((n for n in cap.nodes if n.op == "output"), None)
     name = producing_module(cap, result.args[0] if result is not None else None)
     if name is None:
@@ -291,4 +293,4 @@ def find_input_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None 
     submodule sees it (normalisation in ``forward``).
     """
     module = unwrap(model)
-    return input_layer_in(_capture_example(module, inputs), module)
+    return input_layer_in(record_example(module, inputs), module)

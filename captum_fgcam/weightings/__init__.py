@@ -17,7 +17,14 @@ from typing import Any, Protocol, runtime_checkable
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
-from .gradient import GradientWeighting, grad_cam, grad_cam_plus_plus, layer_cam, xgrad_cam
+from .gradient import (
+    GradientWeighting,
+    grad_cam,
+    grad_cam_plus_plus,
+    hires_cam,
+    layer_cam,
+    xgrad_cam,
+)
 from .score import ScoreCamWeighting
 
 
@@ -36,6 +43,7 @@ WEIGHTINGS: dict[str, Any] = {
     "grad_cam++": lambda: grad_cam_plus_plus,
     "xgrad_cam": lambda: xgrad_cam,
     "layer_cam": lambda: layer_cam,
+    "hires_cam": lambda: hires_cam,
     "score_cam": ScoreCamWeighting,
 }
 
@@ -57,4 +65,5 @@ def requires_target(weighting: Any) -> bool:
 
 
 __all__ = ["GradientWeighting", "ScoreCamWeighting", "WEIGHTINGS", "Weighting", "get_weighting",
-           "grad_cam", "grad_cam_plus_plus", "layer_cam", "requires_target", "xgrad_cam"]
+           "grad_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "requires_target",
+           "xgrad_cam"]

@@ -7,6 +7,8 @@ r"""Gradient-based CAM weightings. With A the CAM layer's output, g = dy_c/dA (y
 - XGrad-CAM:   E_k = w_k A_k,  w_k = \sum_ij g_k A_k / \sum_ij A_k  (0 where the sum is 0;
                pytorch-grad-cam adds 1e-7 to it)
 - Layer-CAM:   E_k(i,j) = relu(g_k(i,j)) A_k(i,j)  (pixel-wise weights)
+- HiResCAM:    E_k(i,j) = g_k(i,j) A_k(i,j)  (element-wise gradient times activation; its sum
+               over channels is Draelos & Carin's map, pytorch-grad-cam's ``HiResCAM``)
 
 Each is a :class:`GradientWeighting`: its equation ``components(A, g)`` is all it defines, so
 FG-CAM can feed it the activation and gradient of its own recorded forward pass (one forward
@@ -69,7 +71,12 @@ def _layer_cam(a: Tensor, g: Tensor) -> Tensor:
     return g.clamp(min=0) * a
 
 
+def _hires_cam(a: Tensor, g: Tensor) -> Tensor:
+    return g * a
+
+
 grad_cam = GradientWeighting("grad_cam", _grad_cam)
 grad_cam_plus_plus = GradientWeighting("grad_cam++", _grad_cam_plus_plus)
 xgrad_cam = GradientWeighting("xgrad_cam", _xgrad_cam)
 layer_cam = GradientWeighting("layer_cam", _layer_cam)
+hires_cam = GradientWeighting("hires_cam", _hires_cam)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torchvision.models import VGG
 from torchvision.models.resnet import BasicBlock
@@ -64,3 +65,34 @@ def scenes_wall(num_classes: int = 6, size: int = 96) -> WallNet:
     """A VGG11-bn-like network behind a wall hiding rows ``size // 2`` and below."""
     return WallNet(make_layers(VGG11_NARROW, batch_norm=True), _head(VGG11_NARROW[-2], num_classes),
                    size, size, size // 2)
+
+
+def scenes_vgg16bn_fc_wall(num_classes: int = 6, size: int = 96) -> VGG:
+    """The wall *after* the CAM layer (Taimeskhanov et al.'s construction): VGG16-bn's
+    ``features`` without the last max pool (the last grid: ``features.42``'s 6 x 6 output at
+    96 px), flattened into a first linear layer whose weights for the bottom half of the grid's
+    rows are zero, and kept zero in training (their gradient is masked; AdamW leaves zeros at
+    zero). The feature maps span the whole image; the classifier never reads the bottom rows.
+    ``model.unseen_mask(h, w)`` marks the image rows those grid rows cover.
+    """
+    layers = make_layers(VGG16_NARROW[:-1], batch_norm=True)
+    model = VGG(layers, num_classes=num_classes)
+    channels, grid = VGG16_NARROW[-2], size // 16
+    model.avgpool = nn.Flatten()  # torchvision's VGG slot before its flatten: no pooling here
+    first = nn.Linear(channels * grid * grid, channels)
+    read = torch.ones(channels, grid, grid)
+    read[:, grid // 2:, :] = 0  # bottom half of the rows: never read
+    read = read.flatten().expand(channels, -1).clone()
+    with torch.no_grad():
+        first.weight.mul_(read)
+    first.weight.register_hook(lambda g: g * read)
+    model.classifier = nn.Sequential(first, nn.ReLU(inplace=True), nn.Dropout(0.2),
+                                     nn.Linear(channels, num_classes))
+    model.unseen_mask = lambda h, w: _bottom_half(h, w)  # type: ignore[assignment]
+    return model
+
+
+def _bottom_half(height: int, width: int) -> torch.Tensor:
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[height // 2:] = True
+    return mask

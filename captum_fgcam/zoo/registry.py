@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..datasets import Scenes
-from .architectures import scenes_resnet, scenes_vgg16bn, scenes_wall
+from ..training import InterpretableGradientLoss
+from .architectures import scenes_resnet, scenes_vgg16bn, scenes_vgg16bn_fc_wall, scenes_wall
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -21,12 +22,18 @@ class Entry:
 
     build: Callable[[], nn.Module]
     scenes: dict = field(default_factory=dict)
+    #: the training loss for a model: (model) -> ((logits' input, labels) -> loss); None: CE
+    loss: Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]] | None = None
 
 
 _ZOO: dict[str, Entry] = {
     "scenes-vgg16bn": Entry(scenes_vgg16bn),
     "scenes-resnet": Entry(scenes_resnet),
     "scenes-wall": Entry(scenes_wall, {"wall": True}),
+    "scenes-fc-wall": Entry(scenes_vgg16bn_fc_wall, {"wall": True}),
+    # the regulariser on 8 of every 64 images: the whole batch would cost 6.5x the plain training
+    "scenes-vgg16bn-ig": Entry(scenes_vgg16bn,
+                               loss=lambda model: InterpretableGradientLoss(model, subset=8)),
 }
 
 

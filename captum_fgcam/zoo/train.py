@@ -21,6 +21,7 @@ from .registry import _entry, checkpoint_path, load_model, scenes
 # Per-model defaults: (epochs, training scenes); the ResNet overfits 8000 scenes, 30000 it does not.
 DEFAULTS: dict[str, tuple[int, int]] = {
     "scenes-vgg16bn": (12, 8000), "scenes-resnet": (5, 30000), "scenes-wall": (12, 8000),
+    "scenes-fc-wall": (12, 8000), "scenes-vgg16bn-ig": (12, 8000),
 }
 
 
@@ -49,8 +50,11 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
 
 def fit(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_size: int = 64,
         lr: float = 3e-3, seed: int = 0,
-        on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """AdamW with a one-cycle schedule; returns the loss of every step."""
+        on_epoch: Callable[[int, float], None] | None = None,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> list[float]:
+    """AdamW with a one-cycle schedule on ``loss_fn(images, labels)`` (default: cross-entropy
+    of the model's logits); returns the loss of every step."""
+    loss_fn = loss_fn or (lambda x, y: F.cross_entropy(model(x), y))
     g = torch.Generator().manual_seed(seed)
     per_epoch = len(labels) // batch_size
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -60,7 +64,7 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_siz
         model.train()
         order = torch.randperm(len(labels), generator=g)[:per_epoch * batch_size]
         for idx in order.split(batch_size):
-            loss = F.cross_entropy(model(images[idx].float()), labels[idx])
+            loss = loss_fn(images[idx].float(), labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -88,7 +92,9 @@ def train(name: str, epochs: int, train_size: int, test_size: int = 1000,
         print(f"epoch {epoch + 1}/{epochs}  loss {loss:.3f}  test acc (500) {acc:.3f}  "
               f"{time.perf_counter() - start:.0f} s", flush=True)
 
-    fit(model, train_x, train_y, epochs, seed=seed, on_epoch=report)
+    make_loss = _entry(name).loss
+    fit(model, train_x, train_y, epochs, seed=seed, on_epoch=report,
+        loss_fn=None if make_loss is None else make_loss(model))
     out = out or checkpoint_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().contiguous().half() if v.is_floating_point() else v
