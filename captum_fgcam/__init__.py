@@ -4,6 +4,7 @@ from .attr import (
     CLRP,
     LRP,
     SGLRP,
+    ConceptorCam,
     FGCam,
     FGGradCam,
     FGScoreCam,
@@ -41,7 +42,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CLRP", "LRP", "SGLRP",
-    "AlphaOneBetaZeroRule", "ArithmeticRule", "CaptureError", "EpsilonRule", "FGCam",
+    "AlphaOneBetaZeroRule", "ArithmeticRule", "CaptureError", "ConceptorCam", "EpsilonRule",
+    "FGCam",
     "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
     "HiResCam", "LayerCam", "RefineCam", "ScoreCam", "XGradCam",
     "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule",

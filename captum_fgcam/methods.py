@@ -25,6 +25,7 @@ from .attr import (
     CLRP,
     LRP,
     SGLRP,
+    ConceptorCam,
     FGCam,
     GradCamPlusPlus,
     HiResCam,
@@ -132,6 +133,7 @@ _CAMS = [  # (name, plain class, FG weighting, aliases, cost)
     ("XGrad-CAM", XGradCam, "xgrad_cam", (), None),
     ("Score-CAM", ScoreCam, "score_cam", (), _SCORE_COST),
     ("Layer-CAM", LayerCam, "layer_cam", (), None),
+    ("Conceptor-CAM", ConceptorCam, "conceptor", (), "three forward and two backward passes"),
 ]
 
 

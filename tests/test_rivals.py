@@ -100,3 +100,44 @@ def test_guided_grad_cam_is_captums():
     torch.testing.assert_close(pairs["Guided Grad-CAM", INPUT](x, target), want)
     guided_fg = pairs["Guided FG-Grad-CAM", INPUT](x, target)
     assert guided_fg.shape == (2, 1, 96, 96) and torch.isfinite(guided_fg).all()
+
+
+# -- Conceptor-CAM (our reading of the abstract) --------------------------------------------
+
+def test_conceptor_boolean_operations_on_commuting_matrices():
+    """Diagonal conceptors: C = r / (r + a^-2), NOT = 1 - c, AND = c b / (c + b - c b)."""
+    from captum_fgcam.weightings.conceptor import conceptor, conceptor_and, conceptor_not
+    r = torch.diag(torch.tensor([0.5, 2.0, 8.0], dtype=torch.float64))
+    c = conceptor(r, aperture=2.0)
+    cd = torch.tensor([0.5, 2.0, 8.0], dtype=torch.float64)
+    cd = cd / (cd + 0.25)
+    torch.testing.assert_close(c, torch.diag(cd))
+    b = torch.diag(torch.tensor([0.3, 0.9, 0.6], dtype=torch.float64))
+    want = cd * b.diagonal() / (cd + b.diagonal() - cd * b.diagonal())
+    torch.testing.assert_close(conceptor_and(c, b), torch.diag(want), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(conceptor_not(c), torch.diag(1 - cd))
+
+
+def test_conceptor_cam_reduces_to_grad_cam_without_competitor_at_wide_aperture():
+    """No pseudo-negative evidence and alpha -> infinity: C -> I, so E -> w A (Grad-CAM)."""
+    from captum_fgcam.weightings import ConceptorWeighting, grad_cam
+    torch.manual_seed(0)
+    a = torch.rand(2, 4, 5, 5, dtype=torch.float64)
+    g = torch.randn(2, 4, 5, 5, dtype=torch.float64).abs() + 0.1  # all weights positive
+    e = ConceptorWeighting(aperture=1e4).components(a, g, -g)  # competitor: no positive weight
+    torch.testing.assert_close(e, grad_cam.components(a, g), rtol=1e-4, atol=1e-8)
+    # a competitor sharing the target's evidence removes it
+    shared = ConceptorWeighting(aperture=1.0).components(a, g, g)
+    assert shared.abs().sum() < 0.5 * grad_cam.components(a, g).abs().sum()
+
+
+def test_conceptor_cam_plain_and_fine_grained():
+    from captum_fgcam import ConceptorCam
+    model, x = models()["scenes-vgg16bn"]
+    plain = ConceptorCam(model, model.features[43]).attribute(x, [1, 3])
+    components = FGCam(model, "features.43", weighting="conceptor").attribute(x, [1, 3])
+    torch.testing.assert_close(plain, components, rtol=1e-5, atol=1e-7)
+    pixels = FGCam(model, "features", weighting="conceptor").attribute(
+        x, [1, 3], attribute_to_layer_input=True)
+    torch.testing.assert_close(pixels.sum((1, 2, 3)), plain.sum((1, 2, 3)), rtol=1e-4,
+                               atol=1e-5)

@@ -1,9 +1,9 @@
 """Captum-facing attribution classes."""
 
-from .cam import GradCamPlusPlus, HiResCam, LayerCam, ScoreCam, XGradCam
+from .cam import ConceptorCam, GradCamPlusPlus, HiResCam, LayerCam, ScoreCam, XGradCam
 from .fg_cam import FGCam, FGGradCam, FGScoreCam
 from .lrp import CLRP, LRP, SGLRP
 from .refine import RefineCam
 
-__all__ = ["CLRP", "LRP", "SGLRP", "FGCam", "FGGradCam", "FGScoreCam", "GradCamPlusPlus",
-           "HiResCam", "LayerCam", "RefineCam", "ScoreCam", "XGradCam"]
+__all__ = ["CLRP", "LRP", "SGLRP", "ConceptorCam", "FGCam", "FGGradCam", "FGScoreCam",
+           "GradCamPlusPlus", "HiResCam", "LayerCam", "RefineCam", "ScoreCam", "XGradCam"]

@@ -18,7 +18,14 @@ from torch import Tensor, nn
 
 from .._state import preserved_state
 from ..propagation.capture import scores_of, unwrap
-from ..weightings import ScoreCamWeighting, grad_cam_plus_plus, hires_cam, layer_cam, xgrad_cam
+from ..weightings import (
+    ConceptorWeighting,
+    ScoreCamWeighting,
+    grad_cam_plus_plus,
+    hires_cam,
+    layer_cam,
+    xgrad_cam,
+)
 from .validation import as_target, check_inputs
 
 
@@ -92,3 +99,13 @@ class ScoreCam(_PlainCam):
                  variant: str = "reference", progress: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
         self.weighting = ScoreCamWeighting(batch_size, variant, progress)
+
+
+class ConceptorCam(_PlainCam):
+    """Conceptor-CAM, our reading of Qian et al.'s abstract (every choice stated in
+    :mod:`captum_fgcam.weightings.conceptor`); ``aperture`` is the conceptor's alpha."""
+
+    def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
+                 device_ids: list[int] | None = None, aperture: float = 1.0) -> None:
+        super().__init__(forward_func, layer, device_ids)
+        self.weighting = ConceptorWeighting(aperture)

@@ -17,6 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
+from .conceptor import ConceptorWeighting
 from .gradient import (
     GradientWeighting,
     grad_cam,
@@ -45,6 +46,7 @@ WEIGHTINGS: dict[str, Any] = {
     "layer_cam": lambda: layer_cam,
     "hires_cam": lambda: hires_cam,
     "score_cam": ScoreCamWeighting,
+    "conceptor": ConceptorWeighting,
 }
 
 
@@ -64,6 +66,6 @@ def requires_target(weighting: Any) -> bool:
     return bool(getattr(weighting, "requires_target", False))
 
 
-__all__ = ["GradientWeighting", "ScoreCamWeighting", "WEIGHTINGS", "Weighting", "get_weighting",
-           "grad_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "requires_target",
-           "xgrad_cam"]
+__all__ = ["ConceptorWeighting", "GradientWeighting", "ScoreCamWeighting", "WEIGHTINGS",
+           "Weighting", "get_weighting", "grad_cam", "grad_cam_plus_plus", "hires_cam",
+           "layer_cam", "requires_target", "xgrad_cam"]
