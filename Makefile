@@ -21,10 +21,16 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
 
-# The committed faithfulness tables in docs/benchmark (about 20 min on a quiet 2-core CPU).
+# The committed faithfulness tables in docs/benchmark (about 20 min on a quiet 2-core CPU), and
+# the seed papers' and rivals' methods on the plain, interpretable-gradient and fc-wall models.
+RIVALS := Grad-CAM HiResCAM FG-Grad-CAM FG-HiResCAM FG-Grad-CAM-D Layer-CAM RefineCAM \
+  Conceptor-CAM FG-Conceptor-CAM "Guided Grad-CAM" "Guided FG-Grad-CAM" LRP
 benchmark: $(STAMP)
 	$(VENV)/bin/captum-fgcam benchmark --images 500 --out docs/benchmark/scenes-vgg16bn
 	$(VENV)/bin/captum-fgcam benchmark --model scenes-wall --images 100 --out docs/benchmark/scenes-wall
+	for m in scenes-vgg16bn scenes-vgg16bn-ig scenes-fc-wall; do \
+	  $(VENV)/bin/captum-fgcam benchmark --model $$m --images 100 --methods $(RIVALS) \
+	    --no-progress --out docs/benchmark/rivals/$$m; done
 
 # The figures in docs/ (README): the demo and three explain figures of one held-out scene.
 EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress

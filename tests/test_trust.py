@@ -291,6 +291,7 @@ def _benchmark(*args) -> int:
     (["--methods", "fg-grad-kam"], "unknown method"),
     (["--model", "resnet18"], "not a zoo model"),
     (["--batch-size", "0"], "positive"),
+    (["--methods", "Grad-CAM", "--layers", "input"], "gives maps at layers only"),
 ])
 def test_benchmark_user_mistakes_keep_earlier_results(tmp_path, capsys, args, message):
     out = tmp_path / "results"

@@ -18,7 +18,8 @@ def models() -> dict[str, nn.Module]:
 
 
 def test_names_and_unknown_name():
-    assert names() == ["scenes-vgg16bn", "scenes-resnet", "scenes-wall"]
+    assert names() == ["scenes-vgg16bn", "scenes-resnet", "scenes-wall", "scenes-fc-wall",
+                       "scenes-vgg16bn-ig"]
     with pytest.raises(KeyError, match="known models: scenes-vgg16bn, scenes-resnet"):
         load_model("vgg16")
 
@@ -39,7 +40,8 @@ def test_checkpoints_are_small_and_load_with_weights_only():
         load_model(name, pretrained=False).load_state_dict(state)
 
 
-@pytest.mark.parametrize("name", ["scenes-vgg16bn", "scenes-resnet", "scenes-wall"])
+@pytest.mark.parametrize("name", ["scenes-vgg16bn", "scenes-resnet", "scenes-wall",
+                                  "scenes-fc-wall", "scenes-vgg16bn-ig"])
 def test_held_out_accuracy(models, name):
     images, labels = materialise(scenes(name, "test", length=200), 200)
     assert accuracy(models[name], images, labels) >= 0.95
@@ -54,6 +56,32 @@ def test_wall_model_cannot_see_below_the_wall(models):
     with torch.no_grad():
         assert torch.equal(model(changed), model(x))
         assert not torch.equal(model(torch.where(unseen, x, x.flip(0))), model(x))
+
+
+def test_the_classifier_behind_the_fc_wall_never_reads_the_bottom_rows(models):
+    """scenes-fc-wall: the first linear layer's weights for the bottom half of the 6x6 grid
+    are exactly zero, so changing those features leaves the logits unchanged, bit for bit,
+    while the feature maps themselves cover the whole image."""
+    model, data = models["scenes-fc-wall"], scenes("scenes-fc-wall", "test", length=4)
+    x = torch.stack([data[i][0] for i in range(4)])
+    weight = model.classifier[0].weight.view(-1, 64, 6, 6)
+    assert (weight[:, :, 3:] == 0).all() and (weight[:, :, :3] != 0).any()
+
+    def perturb_bottom(module, inputs, output):
+        changed = output.clone()
+        changed[:, :, 3:] = torch.randn_like(changed[:, :, 3:]) * 5
+        return changed
+
+    with torch.no_grad():
+        plain = model(x)
+        handle = model.features.register_forward_hook(perturb_bottom)
+        try:
+            assert torch.equal(model(x), plain)
+        finally:
+            handle.remove()
+        assert model.features(x).shape[-2:] == (6, 6)
+    unseen = model.unseen_mask(96, 96)
+    assert unseen[48:].all() and not unseen[:48].any()
 
 
 def test_fg_grad_cam_on_zoo_models(models):

@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score with logits instead of softmax probabilities")
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK_IMAGES} images: a smoke run of every method and metric")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress bar (it shows only on a terminal anyway)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if "
                                                        "available; LOCAL_RANK under torchrun)")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
@@ -138,7 +140,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         _check(args)
         return _run(args)
-    except (BenchmarkError, OutputError, LayerError, MissingRuleError) as err:
+    except (BenchmarkError, OutputError, LayerError, MissingRuleError, MethodError) as err:
         print(f"captum-fgcam benchmark: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
@@ -159,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
             pixels_per_step=args.pixels_per_step,
             blur=(metrics.Blur(int(args.blur[0]), args.blur[1]) if args.blur
                   else metrics.Blur()),
-            use_softmax=not args.logits, rules=args.rules)
+            use_softmax=not args.logits, rules=args.rules, progress=args.progress)
         results = run(model, data, settings,
                       None if unseen is None else unseen.to(device))
         if not dist.is_initialized() or dist.get_rank() == 0:
