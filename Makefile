@@ -28,6 +28,7 @@ RIVALS := Grad-CAM HiResCAM FG-Grad-CAM FG-HiResCAM FG-Grad-CAM-D Layer-CAM Refi
 benchmark: $(STAMP)
 	$(VENV)/bin/captum-fgcam benchmark --images 500 --out docs/benchmark/scenes-vgg16bn
 	$(VENV)/bin/captum-fgcam benchmark --model scenes-wall --images 100 --out docs/benchmark/scenes-wall
+	mkdir -p docs/benchmark/rivals
 	for m in scenes-vgg16bn scenes-vgg16bn-ig scenes-fc-wall; do \
 	  $(VENV)/bin/captum-fgcam benchmark --model $$m --images 100 --methods $(RIVALS) \
 	    --no-progress --out docs/benchmark/rivals/$$m; done

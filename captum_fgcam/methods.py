@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -111,16 +112,20 @@ def _guided(fine_grained: bool) -> Builder:
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
         cam_layer = model.get_submodule(find_cam_layer(model, example))
-        if not fine_grained:
-            guided = GuidedGradCam(model, cam_layer)
-            return lambda x, t: guided.attribute(x, t, interpolate_mode="bilinear").sum(
-                dim=1, keepdim=True).detach()
+        guided = GuidedGradCam(model, cam_layer)
         backprop = GuidedBackprop(model)
         fg = FGCam(model, layer, rules=rules)
 
         def explain(x: Tensor, t: Tensor) -> Tensor:
+            with warnings.catch_warnings():  # Captum announces its ReLU hooks on every call
+                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+                warnings.filterwarnings("ignore", message="Input Tensor 0 did not already")
+                if not fine_grained:
+                    return guided.attribute(x, t, interpolate_mode="bilinear").sum(
+                        dim=1, keepdim=True).detach()
+                gradient = backprop.attribute(x, t).detach()
             cam = fg.attribute(x, t, attribute_to_layer_input=True).detach()
-            return (backprop.attribute(x, t).detach() * cam).sum(dim=1, keepdim=True)
+            return (gradient * cam).sum(dim=1, keepdim=True)
         return explain
     return build
 
