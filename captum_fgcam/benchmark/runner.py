@@ -198,14 +198,21 @@ def _better(metric: str) -> str:
 def _style(method: str) -> dict[str, object]:
     """Line style by family: one colour per CAM weighting (FG-X shares X's), plain CAMs
     dashed with squares, FG-CAM solid with circles, denoised FG-CAM dash-dot with triangles,
-    the LRP family dotted with diamonds."""
+    the LRP family dotted with diamonds, guided methods with crosses."""
+    import matplotlib
+
     family = METHODS[method].family if method in METHODS else "CAM"
     base = method.removeprefix("FG-").removesuffix("-D")
     palette = list(dict.fromkeys(m.name.removeprefix("FG-").removesuffix("-D")
                                  for m in METHODS.values()))
-    colour = f"C{palette.index(base) % 10}" if base in palette else None
+    colour = None
+    if base in palette:  # tab20's dark shades first, then its light ones: 20 distinct colours
+        i = palette.index(base) % 20
+        colour = matplotlib.colormaps["tab20"](2 * i % 20 + i // 10)
     if family == "LRP":
         return {"color": colour, "linestyle": ":", "marker": "D"}
+    if family == "guided":
+        return {"color": colour, "linestyle": ":", "marker": "P"}
     if family == "CAM":
         return {"color": colour, "linestyle": "--", "marker": "s"}
     denoised = method.endswith("-D")
