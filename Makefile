@@ -32,6 +32,9 @@ benchmark: $(STAMP)
 	for m in scenes-vgg16bn scenes-vgg16bn-ig scenes-fc-wall; do \
 	  $(VENV)/bin/captum-fgcam benchmark --model $$m --images 100 --methods $(RIVALS) \
 	    --no-progress --out docs/benchmark/rivals/$$m; done
+	mkdir -p docs/benchmark/rivals-rise
+	$(VENV)/bin/captum-fgcam benchmark --images 100 --blur 11 5 --methods $(RIVALS) \
+	  --no-progress --out docs/benchmark/rivals-rise/scenes-vgg16bn
 
 # The figures in docs/ (README): the demo and three explain figures of one held-out scene.
 EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress
