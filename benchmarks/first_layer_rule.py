@@ -4,7 +4,8 @@ A diagnosis for the faithfulness issue: the paper's z^B rule divides a first-lay
 relevance by w x - w+ l - w- h, so it spreads relevance over the whole receptive field whatever
 the pixels' contrast; the sign-aware z+ rule follows the pixels' actual contributions. Prints
 insertion - deletion (Overall) and energy proportion at the input of ``scenes-vgg16bn`` on
-held-out scenes, for FG-Grad-CAM with and without denoising under three first-layer rules,
+held-out scenes, for FG-Grad-CAM with and without denoising under three first-layer rules
+(the default preset's z^B, the "zplus" preset's z+, and epsilon),
 beside RefineCAM, under the paper's blur substrate (51 / 50) and RISE's (11 / 5).
 
     python benchmarks/first_layer_rule.py [--images 100]
@@ -16,7 +17,7 @@ import argparse
 
 import torch
 
-from captum_fgcam import EpsilonRule, FGGradCam, RefineCam, ZPlusRule, metrics, zoo
+from captum_fgcam import EpsilonRule, FGGradCam, RefineCam, metrics, zoo
 from captum_fgcam.attr.refine import find_refine_layers
 from captum_fgcam.propagation import FedByInput
 
@@ -31,10 +32,10 @@ def main() -> None:
     x = torch.stack([it[0] for it in items])
     y = torch.stack([it[1] for it in items])
     masks = torch.stack([it[2] for it in items])
-    first = {"z^B (the paper's)": None, "z+": ZPlusRule(), "epsilon": EpsilonRule(1e-9)}
+    first = {"z^B (the paper's)": "conserving", "z+": "zplus",
+             "epsilon": {FedByInput(): EpsilonRule(1e-9)}}
     maps = {}
-    for rule_name, rule in first.items():
-        rules = None if rule is None else {FedByInput(): rule}
+    for rule_name, rules in first.items():
         fg = FGGradCam(model, "features", rules=rules)
         for denoise in (False, True):
             name = f"FG-Grad-CAM{'-D' if denoise else ''}, {rule_name} first"

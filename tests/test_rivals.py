@@ -141,3 +141,17 @@ def test_conceptor_cam_plain_and_fine_grained():
         x, [1, 3], attribute_to_layer_input=True)
     torch.testing.assert_close(pixels.sum((1, 2, 3)), plain.sum((1, 2, 3)), rtol=1e-4,
                                atol=1e-5)
+
+
+def test_the_zplus_preset_changes_only_the_first_layer():
+    """rules="zplus": z+ instead of z^B where the image enters; the same map at layers the
+    first convolution does not reach, a different one at the pixels, both conserving."""
+    model, x = models()["scenes-vgg16bn"]
+    target = [1, 3]
+    for layer, same in [("features.13", True), ("features", False)]:
+        to_input = layer == "features"
+        maps = {rules: FGCam(model, layer, rules=rules).attribute(
+            x, target, attribute_to_layer_input=to_input) for rules in ("conserving", "zplus")}
+        assert torch.equal(maps["conserving"], maps["zplus"]) == same
+        torch.testing.assert_close(maps["zplus"].sum((1, 2, 3)), maps["conserving"].sum((1, 2, 3)),
+                                   rtol=1e-4, atol=1e-5)
