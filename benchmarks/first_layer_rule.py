@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from scenes import held_out
 
-from captum_fgcam import EpsilonRule, FGGradCam, RefineCam, metrics, zoo
+from captum_fgcam import EpsilonRule, FGGradCam, RefineCam, metrics
 from captum_fgcam.attr.refine import find_refine_layers
 from captum_fgcam.propagation import FedByInput
 
@@ -26,12 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=100)
     args = parser.parse_args()
-    model = zoo.load_model("scenes-vgg16bn")
-    scenes = zoo.scenes("scenes-vgg16bn", "test", length=args.images)
-    items = [scenes[i] for i in range(args.images)]
-    x = torch.stack([it[0] for it in items])
-    y = torch.stack([it[1] for it in items])
-    masks = torch.stack([it[2] for it in items])
+    model, x, y, masks = held_out("scenes-vgg16bn", args.images)
     first = {"z^B (the paper's)": "conserving", "z+": "zplus",
              "epsilon": {FedByInput(): EpsilonRule(1e-9)}}
     maps = {}

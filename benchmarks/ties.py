@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from scenes import held_out
 
-from captum_fgcam import metrics, zoo
+from captum_fgcam import metrics
 from captum_fgcam.methods import INPUT, explainers
 
 
@@ -35,10 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=100)
     args = parser.parse_args()
-    model = zoo.load_model("scenes-vgg16bn")
-    scenes = zoo.scenes("scenes-vgg16bn", "test", length=args.images)
-    x = torch.stack([scenes[i][0] for i in range(args.images)])
-    y = torch.stack([scenes[i][1] for i in range(args.images)])
+    model, x, y, _ = held_out("scenes-vgg16bn", args.images)
     methods = ["FG-Grad-CAM", "FG-Grad-CAM-D", "Layer-CAM", "HiResCAM", "RefineCAM", "LRP"]
     pairs = explainers(model, methods, ["features.13", INPUT], x[:1])
     g = torch.Generator().manual_seed(0)

@@ -13,10 +13,11 @@ The layer ``"input"`` means the image: attribution to the input of
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam
@@ -106,23 +107,32 @@ def _refine(model: nn.Module, layer: str, to_input: bool, rules: str,
     return explain
 
 
+@contextlib.contextmanager
+def _quiet_relu_hooks() -> Iterator[None]:
+    """Captum's guided backpropagation announces its ReLU hooks on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+        warnings.filterwarnings("ignore", message="Input Tensor 0 did not already")
+        yield
+
+
 def _guided(fine_grained: bool) -> Builder:
     """Guided backpropagation times a CAM at the image: Grad-CAM upsampled bilinearly (Captum's
     ``GuidedGradCam``), or the FG-Grad-CAM input map in its place."""
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
-        cam_layer = model.get_submodule(find_cam_layer(model, example))
-        guided = GuidedGradCam(model, cam_layer)
-        backprop = GuidedBackprop(model)
-        fg = FGCam(model, layer, rules=rules)
+        if not fine_grained:
+            guided = GuidedGradCam(model, model.get_submodule(find_cam_layer(model, example)))
 
-        def explain(x: Tensor, t: Tensor) -> Tensor:
-            with warnings.catch_warnings():  # Captum announces its ReLU hooks on every call
-                warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
-                warnings.filterwarnings("ignore", message="Input Tensor 0 did not already")
-                if not fine_grained:
+            def explain(x: Tensor, t: Tensor) -> Tensor:
+                with _quiet_relu_hooks():
                     return guided.attribute(x, t, interpolate_mode="bilinear").sum(
                         dim=1, keepdim=True).detach()
+            return explain
+        backprop, fg = GuidedBackprop(model), FGCam(model, layer, rules=rules)
+
+        def explain(x: Tensor, t: Tensor) -> Tensor:
+            with _quiet_relu_hooks():
                 gradient = backprop.attribute(x, t).detach()
             cam = fg.attribute(x, t, attribute_to_layer_input=True).detach()
             return (gradient * cam).sum(dim=1, keepdim=True)
