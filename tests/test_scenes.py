@@ -24,12 +24,17 @@ def test_train_and_test_do_not_overlap():
     assert not seen & {test[i][0].numpy().tobytes() for i in range(40)}
 
 
-@pytest.mark.parametrize("options", [{"objects": 1}, {"objects": 2}, {"objects": 2, "wall": True}])
+HARD_HELD_OUT = {**Scenes.HARD, "style": "held-out"}
+
+
+@pytest.mark.parametrize("options", [{"objects": 1}, {"objects": 2}, {"objects": 2, "wall": True},
+                                     Scenes.HARD, HARD_HELD_OUT, {**HARD_HELD_OUT, "objects": 2}])
 def test_box_is_tight_around_mask(options):
     scenes = Scenes(length=6, **options)
+    size = scenes.size
     for i in range(len(scenes)):
         _, _, masks, boxes = scenes[i]
-        for mask, (x0, y0, x1, y1) in zip(masks.reshape(-1, 96, 96), boxes.reshape(-1, 4),
+        for mask, (x0, y0, x1, y1) in zip(masks.reshape(-1, size, size), boxes.reshape(-1, 4),
                                           strict=True):
             assert mask.any()
             inside = torch.zeros_like(mask)
@@ -82,7 +87,45 @@ def test_labels_cover_the_classes():
     assert {int(scenes[i][1]) for i in range(60)} == set(range(6))
 
 
+def test_the_training_generator_is_unchanged():
+    """The zoo's checkpoints were trained on these scenes: the difficulty and style options
+    must leave the default generator's images bit for bit as they were."""
+    image, label, mask, box = Scenes("test", length=2)[1]
+    assert image.double().sum().item() == pytest.approx(-4634.9181936126715, abs=1e-6)
+    assert (int(label), int(mask.sum()), box.tolist()) == (2, 204, [53, 42, 73, 62])
+    image, labels, mask, _ = Scenes("train", length=1, wall=True, objects=2)[0]
+    assert image.double().sum().item() == pytest.approx(-17727.840717209514, abs=1e-6)
+    assert labels.tolist() == [3, 2] and int(mask.sum()) == 780
+
+
+def test_hard_scenes_have_small_objects_and_heavy_clutter():
+    easy, hard = Scenes("test", length=40), Scenes("test", length=40, **Scenes.HARD)
+    assert hard[0][0].shape == (3, 128, 128)
+    lo, hi = Scenes.HARD["scale"]
+    for i in range(40):
+        x0, y0, x1, y1 = hard[i][3].tolist()
+        assert max(x1 - x0, y1 - y0) <= 2 * hi * 128 + 2  # within the circumradius
+    share = [float(s[i][2].float().mean()) for s in (easy, hard) for i in range(40)]
+    assert sum(share[40:]) < 0.5 * sum(share[:40])  # objects cover far less of the image
+
+
+def test_held_out_generator_differs_and_is_deterministic():
+    a = Scenes("test", length=3, style="held-out", **Scenes.HARD)
+    b = Scenes("test", length=3, style="held-out", **Scenes.HARD)
+    training = Scenes("test", length=3, **Scenes.HARD)
+    for i in range(3):
+        assert torch.equal(a[i][0], b[i][0])
+        assert not torch.equal(a[i][0], training[i][0])
+    assert {int(Scenes(length=60, style="held-out")[i][1]) for i in range(60)} == set(range(6))
+
+
 def test_invalid_arguments():
+    with pytest.raises(ValueError, match="style"):
+        Scenes(style="other")
+    with pytest.raises(ValueError, match="scale"):
+        Scenes(scale=(0.2, 0.1))
+    with pytest.raises(ValueError, match="clutter"):
+        Scenes(clutter=(3, 3))
     with pytest.raises(ValueError, match="split"):
         Scenes("val")
     with pytest.raises(ValueError, match="objects"):

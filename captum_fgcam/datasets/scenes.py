@@ -9,10 +9,12 @@ import torch
 from torch import Generator, Tensor
 from torch.utils.data import Dataset
 
+from .held_out import held_out_background, held_out_distractors
 from .shapes import CLASS_SHAPES, class_shape, ellipse, segment
 from .textures import background
 
 _SPLITS = {"train": 0, "test": 1}
+_STYLES = {"training": 0, "held-out": 1}
 
 
 class Scenes(Dataset):
@@ -35,7 +37,17 @@ class Scenes(Dataset):
     in the rows below; ``objects=1`` annotates the visible object only, ``objects=2`` both (the
     visible one first). The splits use separate seed streams, so train and test never share a
     scene; ``seed`` selects another pair of streams.
+
+    Difficulty: ``scale`` = (lo, hi) draws each object's circumradius uniformly in
+    [lo, hi] x ``size``; ``clutter`` = (lo, hi) draws the number of distractors in [lo, hi).
+    ``style="held-out"`` is a second generator that no zoo model is trained on: plaid and
+    value-noise backgrounds and other distractors (thin arcs, open rectangles, dot clusters;
+    ``held_out.py``), from its own seed streams. ``Scenes.HARD`` holds the options of the
+    harder benchmark: 128 px, radii 0.6 times the default's (objects cover about a third of the
+    share of the image they cover by default), three times the clutter.
     """
+
+    HARD: dict = {"size": 128, "scale": (0.06, 0.12), "clutter": (8, 24)}
 
     classes: tuple[str, ...] = tuple(CLASS_SHAPES)
     mean: tuple[float, float, float] = (0.52, 0.52, 0.51)
@@ -43,11 +55,19 @@ class Scenes(Dataset):
 
     def __init__(self, split: str = "train", objects: int = 1, size: int = 96,
                  length: int = 10_000, seed: int = 0, normalize: bool = True,
-                 wall: bool = False) -> None:
+                 wall: bool = False, scale: tuple[float, float] = (0.10, 0.20),
+                 clutter: tuple[int, int] = (2, 8), style: str = "training") -> None:
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
         if objects not in (1, 2):
             raise ValueError(f"objects must be 1 or 2, got {objects!r}")
+        if style not in _STYLES:
+            raise ValueError(f"style must be one of {sorted(_STYLES)}, got {style!r}")
+        if not 0 < scale[0] <= scale[1] < 0.5:
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi < 0.5, got {scale!r}")
+        if not 0 <= clutter[0] < clutter[1]:
+            raise ValueError(f"clutter must be (lo, hi) with 0 <= lo < hi, got {clutter!r}")
+        self.scale, self.clutter, self.style = tuple(scale), tuple(clutter), style
         self.split, self.objects, self.size, self.length = split, objects, size, length
         self.seed, self.normalize, self.wall = seed, normalize, wall
         ramp = torch.arange(size, dtype=torch.float32)
@@ -65,8 +85,10 @@ class Scenes(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} scenes")
         g = torch.Generator().manual_seed(self._seed_for(index))
-        image = background(self.size, g)
-        image = self._draw_distractors(image, g)
+        if self.style == "training":
+            image = self._draw_distractors(background(self.size, g), g)
+        else:
+            image = held_out_distractors(held_out_background(self.size, g), g, self.clutter)
         labels, masks = self._draw_objects(image, g)
         image = (image + 0.02 * torch.randn(image.shape, generator=g)).clamp(0, 1)
         if self.normalize:
@@ -92,12 +114,14 @@ class Scenes(Dataset):
 
     def _seed_for(self, index: int) -> int:
         entropy = [self.seed, _SPLITS[self.split], int(self.wall), index]
+        if self.style != "training":  # its own streams; the training style's are unchanged
+            entropy.append(_STYLES[self.style])
         hi, lo = np.random.SeedSequence(entropy).generate_state(2, np.uint32)
         return (int(hi) << 31) ^ int(lo)
 
     def _draw_distractors(self, image: Tensor, g: Generator) -> Tensor:
         size = self.size
-        for _ in range(int(torch.randint(2, 8, (), generator=g))):
+        for _ in range(int(torch.randint(*self.clutter, (), generator=g))):
             cx, cy, angle, a, b = (torch.rand(5, generator=g) * torch.tensor(
                 [size, size, math.pi, 1.0, 1.0])).tolist()
             dx, dy = self._xx - cx, self._yy - cy
@@ -116,7 +140,8 @@ class Scenes(Dataset):
         """Draw the scene's objects into ``image`` in place; their classes and masks."""
         count = 2 if self.wall else self.objects
         labels = torch.randperm(len(self.classes), generator=g)[:count].tolist()
-        radii = (self.size * (0.10 + 0.10 * torch.rand(count, generator=g))).tolist()
+        lo, hi = self.scale
+        radii = (self.size * (lo + (hi - lo) * torch.rand(count, generator=g))).tolist()
         centres = self._place(radii, g)
         masks = []
         for label, radius, (cx, cy) in zip(labels, radii, centres, strict=True):
