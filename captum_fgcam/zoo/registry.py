@@ -34,6 +34,8 @@ _ZOO: dict[str, Entry] = {
     # the regulariser on 8 of every 64 images: the whole batch would cost 6.5x the plain training
     "scenes-vgg16bn-ig": Entry(scenes_vgg16bn,
                                loss=lambda model: InterpretableGradientLoss(model, subset=8)),
+    # the harder benchmark: 128 px, small objects, heavy clutter (Scenes.HARD)
+    "scenes-hard": Entry(scenes_vgg16bn, Scenes.HARD),
 }
 
 
@@ -65,5 +67,6 @@ def load_model(name: str, pretrained: bool = True) -> nn.Module:
 
 
 def scenes(name: str, split: str = "test", **options) -> Scenes:
-    """The ``Scenes`` split that zoo model ``name`` is trained / evaluated on (96 x 96)."""
+    """The ``Scenes`` split that zoo model ``name`` is trained / evaluated on; ``options``
+    override its own (e.g. ``style="held-out"``: the generator no model is trained on)."""
     return Scenes(split, **{**_entry(name).scenes, **options})

@@ -21,7 +21,7 @@ from .registry import _entry, checkpoint_path, load_model, scenes
 # Per-model defaults: (epochs, training scenes); the ResNet overfits 8000 scenes, 30000 it does not.
 DEFAULTS: dict[str, tuple[int, int]] = {
     "scenes-vgg16bn": (12, 8000), "scenes-resnet": (5, 30000), "scenes-wall": (12, 8000),
-    "scenes-fc-wall": (12, 8000), "scenes-vgg16bn-ig": (12, 8000),
+    "scenes-fc-wall": (12, 8000), "scenes-vgg16bn-ig": (12, 8000), "scenes-hard": (16, 20000),
 }
 
 
