@@ -81,12 +81,12 @@ def _plain(make: Callable[[nn.Module, nn.Module], object]) -> Builder:
     return build
 
 
-def _fine_grained(weighting: str, denoise: bool) -> Builder:
+def _fine_grained(weighting: str, denoise: bool, multiscale: bool = False) -> Builder:
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
         fg = FGCam(model, layer, weighting=weighting, rules=rules)
         return lambda x, t: fg.attribute(x, t, attribute_to_layer_input=to_input,
-                                         denoise=denoise).detach()
+                                         denoise=denoise, multiscale=multiscale).detach()
     return build
 
 
@@ -163,6 +163,9 @@ def _registry() -> dict[str, Method]:
         methods.append(Method(f"FG-{name}-D", "FG-CAM", _fine_grained(weighting, True), True,
                               True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine)),
                               **extra))
+        methods.append(Method(f"FG-{name}-DM", "FG-CAM", _fine_grained(weighting, True, True),
+                              True, True, True, (f"FG-{name}-multiscale",
+                                                 *(f"{a}-DM" for a in fine)), **extra))
     methods.append(Method("RefineCAM", "CAM", _refine, True, True, True,
                           cost="one forward and one backward pass per layer multiplied"))
     methods.append(Method("Guided Grad-CAM", "guided", _guided(False), False, True, False,

@@ -13,7 +13,7 @@ def test_demo_writes_a_legible_figure_and_prints_conservation_and_metrics(tmp_pa
     out = tmp_path / "demo.png"
     demo.main(["--out", str(out), "--images", "2"])
     image = matplotlib.image.imread(out)
-    assert image.shape[0] > 1200 and image.shape[1] > 1200  # 7 rows x 6 columns, legible
+    assert image.shape[0] > 1200 and image.shape[1] > 1200  # 8 rows x 6 columns, legible
     printed = capsys.readouterr().out
     ratios = [float(r) for r in re.findall(r"^\s+(?:features|input)\S*.*?(\d\.\d{6})$",
                                            printed, flags=re.M)]

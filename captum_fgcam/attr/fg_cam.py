@@ -6,6 +6,16 @@ summing them into a coarse map) and propagates them to ``layer`` with relevance 
     map = \sum_c R_c^{(layer)},   R^{(layer)} = \rho_{layer+1} \circ ... \circ \rho_L (E)
 
 optionally after SVD denoising of E (``denoise=True``).
+
+Multi-scale FG-CAM (``multiscale=True``, not in the paper): the same propagation also reads
+the relevance where it passes the CAM layer and every resolution step on the way (the layers
+RefineCAM multiplies, :func:`~captum_fgcam.attr.refine.refine_layers`), and returns the
+product of those maps, each ReLU'd, min-max normalised and upsampled to the layer's size:
+
+    map = minmax( \prod_{s \in S} minmax( up( minmax( relu( \sum_c R_c^{(s)} ) ) ) ) )
+
+The coarse scales veto what the fine one puts off the object; the map is in [0, 1] and no
+longer conserves relevance.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from ..propagation.presets import RuleMap
 from ..propagation.upsampler import FineGrainedUpsampler
 from ..weightings import GradientWeighting, ScoreCamWeighting, Weighting, get_weighting
 from ..weightings import requires_target as weighting_requires_target
+from .refine import refine_layers, scale_product
 from .validation import as_target, check_inputs, check_target
 
 
@@ -82,7 +93,8 @@ class FGCam(LayerAttribution, GradientAttribution):
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   relu_attributions: bool = False, attr_dim_summation: bool = True,
                   denoise: bool = False, denoise_rank: float | int = 0.1,
-                  internal_batch_size: int | None = None) -> Tensor | tuple[Tensor, ...]:
+                  internal_batch_size: int | None = None,
+                  multiscale: bool = False) -> Tensor | tuple[Tensor, ...]:
         r"""
         Args:
             inputs: the (normalised) image batch, N x C x H x W, or a tuple whose first
@@ -98,6 +110,9 @@ class FGCam(LayerAttribution, GradientAttribution):
                 (fraction of min(C, hw), or a count) singular triplets of the components.
             internal_batch_size: process at most this many examples at a time (for batches
                 larger than memory allows); the result is the same.
+            multiscale: multi-scale FG-CAM (module docstring): the product of the normalised
+                maps at the CAM layer, every resolution step down to ``layer``, and ``layer``;
+                N x 1 x h x w in [0, 1] (needs ``attr_dim_summation=True``).
 
         Returns:
             Signed relevance on the input's device; with ``attribute_to_layer_input`` on a
@@ -108,6 +123,9 @@ class FGCam(LayerAttribution, GradientAttribution):
             >>> fg = FGGradCam(model, layer=model.features[13])
             >>> attr = fg.attribute(x, target=labels)   # N x 1 x 56 x 56 at 224 px
         """
+        if multiscale and not attr_dim_summation:
+            raise ValueError("multiscale=True gives one map per image (a product over scales of "
+                             "channel sums); it needs attr_dim_summation=True")
         inputs = _format_tensor_into_tuples(inputs)
         check_inputs(self.module, inputs)
         target = as_target(target)
@@ -122,13 +140,13 @@ class FGCam(LayerAttribution, GradientAttribution):
             chunks.append(self._attribute_chunk(
                 tuple(x[rows] for x in inputs), take(target, rows, n),
                 take_all(extra, rows, n) or None, attribute_to_layer_input, denoise,
-                denoise_rank))
+                denoise_rank, multiscale))
         relevance = chunks[0] if len(chunks) == 1 else each(lambda *c: torch.cat(c), *chunks)
         return each(lambda r: finished(r, attr_dim_summation, relu_attributions), relevance)
 
     def _attribute_chunk(self, inputs: tuple[Tensor, ...], target: TargetType,
                          additional_forward_args: tuple[Any, ...] | None, to_input: bool,
-                         denoise: bool, denoise_rank: float | int
+                         denoise: bool, denoise_rank: float | int, multiscale: bool
                          ) -> Tensor | tuple[Tensor, ...]:
         """One recorded forward pass of the real input, the weighting, one propagation."""
         up, module = self.upsampler, self.module
@@ -169,7 +187,17 @@ class FGCam(LayerAttribution, GradientAttribution):
             components = _checked_components(components, span.activation(), self.weighting)
             if denoise:
                 components = svd_denoise(components, denoise_rank)
-            return up.propagate(span, components)
+            if not multiscale:
+                return up.propagate(span, components)
+            if len(span.stops) > 1:
+                raise ValueError(f"multiscale=True needs a layer with one tensor input; "
+                                 f"{up.to_name!r} has {len(span.stops)}")
+            scales = [name for name in refine_layers(cap, module, cam_name,
+                                                     None if to_input else up.to_name)
+                      if to_input or name != up.to_name]
+            fine, coarse = up.propagate_with_taps(span, components, scales)
+            maps = [r.sum(dim=1, keepdim=True) for r in (*coarse, fine)]
+            return scale_product(maps, fine.shape[2:])
 
 
 def _checked_components(components: Any, activation: Tensor, weighting: Any) -> Tensor:

@@ -71,12 +71,17 @@ class RefineCam(GradientAttribution):
         maps = [cam.attribute(inputs, target, additional_forward_args).detach()
                 for cam in self.cams]
         size = tuple(size or max((m.shape[2:] for m in maps), key=lambda s: s.numel()))
-        mode = "bilinear" if len(size) == 2 else "linear" if len(size) == 1 else "trilinear"
-        product = torch.ones(1, device=maps[0].device, dtype=maps[0].dtype)
-        for m in maps:
-            product = product * _minmax(F.interpolate(_minmax(m.clamp(min=0)), size=size,
-                                                      mode=mode, align_corners=False))
-        return _minmax(product)
+        return scale_product(maps, size)
+
+
+def scale_product(maps: Sequence[Tensor], size: Sequence[int]) -> Tensor:
+    r"""minmax( \prod_l minmax( up_S( minmax( relu(m_l) ) ) ) ) of N x 1 x ... maps, at ``size``."""
+    mode = "bilinear" if len(size) == 2 else "linear" if len(size) == 1 else "trilinear"
+    product = torch.ones(1, device=maps[0].device, dtype=maps[0].dtype)
+    for m in maps:
+        product = product * _minmax(F.interpolate(_minmax(m.clamp(min=0)), size=tuple(size),
+                                                  mode=mode, align_corners=False))
+    return _minmax(product)
 
 
 def refine_layers(cap: Capture, model: nn.Module, cam_layer: str, layer: str | None) -> list[str]:

@@ -212,6 +212,24 @@ class FineGrainedUpsampler:
         ``views`` maps module names to :class:`LinearView` objects that rules see instead of
         those modules (CLRP's virtual class).
         """
+        return self.propagate_with_taps(span, components, (), views)[0]
+
+    def propagate_with_taps(self, span: Span, components: Tensor, taps: Sequence[str],
+                            views: Mapping[str, Any] | None = None
+                            ) -> tuple[Tensor | tuple[Tensor, ...], list[Tensor]]:
+        """:meth:`propagate`, also returning the relevance that passes through the outputs of
+        the modules named in ``taps`` on the way (each between the start and the stops; the
+        start's is ``components``), in the order given: one propagation for maps at several
+        resolutions."""
+        cap = span.capture
+        tap_nodes = [module_output(cap, name) for name in taps]
+        outside = [name for name, node in zip(taps, tap_nodes, strict=True)
+                   if not any(cap.position[stop] < cap.position[node] for stop in span.stops)
+                   or cap.position[node] > cap.position[span.start]]
+        if outside:
+            raise LayerError(f"cannot tap {outside}: relevance passes only through modules "
+                             "between the CAM layer and the layer of the map")
+        tapped: dict[fx.Node, Tensor] = {}
         views = views or {}
         values = span.capture.values
         expected = values[span.start].shape
@@ -223,12 +241,13 @@ class FineGrainedUpsampler:
         if not bool(torch.isfinite(components).all()):
             raise ValueError("the CAM components contain NaN or Inf: "
                              f"{where_non_finite(span.capture, self.module)}")
-        cap = span.capture
         relevance: dict[fx.Node, Any] = {span.start: components.detach()}
         found: dict[fx.Node, Tensor] = {}
         first = min(span.stops, key=cap.position.__getitem__)
         for node in reversed(cap.nodes[cap.position[first]:cap.position[span.start] + 1]):
             r_out = relevance.pop(node, None)
+            if node in tap_nodes:
+                tapped[node] = torch.zeros_like(values[node]) if r_out is None else r_out
             if node in span.stops:
                 found[node] = torch.zeros_like(values[node]) if r_out is None else r_out
                 if len(found) == len(span.stops):
@@ -263,7 +282,7 @@ class FineGrainedUpsampler:
         if not all(bool(torch.isfinite(m).all()) for m in maps):
             raise ValueError("the relevance map contains NaN or Inf: "
                              f"{where_non_finite(span.capture, self.module)}")
-        return maps[0] if len(maps) == 1 else maps
+        return maps[0] if len(maps) == 1 else maps, [tapped[node] for node in tap_nodes]
 
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], components: Tensor,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
