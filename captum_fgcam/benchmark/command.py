@@ -20,7 +20,7 @@ from ..methods import METHODS, PAPER_METHODS, MethodError, get_method
 from ..outputs import OutputError, check_outputs
 from ..propagation import PRESETS, LayerError, MissingRuleError
 from .data import ImageNetVal, SceneItems
-from .runner import Settings, run, write_tables
+from .runner import Settings, describe, run, write_tables
 
 QUICK_IMAGES = 8
 
@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
                         help="output folder for results.md, results.csv, results.png")
     parser.add_argument("--seed", type=int, default=0, help="scenes: seed of the test split")
+    parser.add_argument("--style", choices=("training", "held-out"), default="training",
+                        help="scenes: the model's own generator (default) or the held-out one "
+                             "(other backgrounds and distractors, never trained on)")
     parser.add_argument("--rules", choices=sorted(PRESETS), default="conserving",
                         help="relevance rule preset of FG-CAM and LRP (default: conserving)")
 
@@ -82,10 +85,12 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | N
     if args.data == "scenes":
         name = args.model or "scenes-vgg16bn"
         model = zoo.load_model(name)
-        scenes = zoo.scenes(name, "test", length=args.images, seed=args.seed)
+        scenes = zoo.scenes(name, "test", length=args.images, seed=args.seed, style=args.style)
         unseen = (model.unseen_mask(scenes.size, scenes.size)
                   if hasattr(model, "unseen_mask") else None)
-        return model, SceneItems(scenes), unseen, f"{name} on {args.images} held-out scenes"
+        generator = " (held-out generator)" if args.style == "held-out" else ""
+        return (model, SceneItems(scenes), unseen,
+                f"{name} on {args.images} held-out scenes{generator}")
     if args.root is None or args.boxes is None:
         raise BenchmarkError("--data imagenet needs --root (the val images) and --boxes (the "
                              "XMLs)")
@@ -165,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         results = run(model, data, settings,
                       None if unseen is None else unseen.to(device))
         if not dist.is_initialized() or dist.get_rank() == 0:
-            paths = write_tables(results, args.out, title)
+            paths = write_tables(results, args.out, title, notes=describe(settings))
             print(paths[1].read_text())
             print("wrote " + ", ".join(str(p) for p in paths))
     finally:

@@ -141,6 +141,18 @@ def _batch_sums(model: nn.Module, images: Tensor, labels: Tensor, maps: Tensor,
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
 
 
+def describe(settings: Settings) -> str:
+    """The protocol of a run in one paragraph: substrate, scores, steps, ties, rules."""
+    steps = (f"{settings.steps} steps" if settings.steps
+             else f"{settings.pixels_per_step} pixels per step")
+    return (f"Substrate: Gaussian blur, kernel {settings.blur.kernel_size}, sigma "
+            f"{settings.blur.sigma:g}; scores: {'softmax' if settings.use_softmax else 'logits'}; "
+            f"insertion/deletion: {steps}; pixels with equal map values are taken in "
+            "row-major order (stable sort; maps are upsampled bilinearly to the image first); "
+            f"A.D./A.I. keep the top {settings.keep:.0%} of pixels; FG-CAM and LRP rules: "
+            f"\"{settings.rules}\".")
+
+
 def report(sums: Tensor) -> dict[str, float]:
     """Reported metrics from one (method, layer) sum vector (NaN where undefined)."""
     s = dict(zip(SUMS, sums.tolist(), strict=True))
@@ -158,9 +170,10 @@ def report(sums: Tensor) -> dict[str, float]:
 
 # -- tables -------------------------------------------------------------------------------
 def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
-                 title: str, metrics_shown: Sequence[str] | None = None) -> list[Path]:
-    """CSV (long format), Markdown (one method x layer table per metric) and a PNG plot; each
-    file is replaced only once its new content is complete."""
+                 title: str, metrics_shown: Sequence[str] | None = None,
+                 notes: str = "") -> list[Path]:
+    """CSV (long format), Markdown (one method x layer table per metric, ``notes`` under the
+    title) and a PNG plot; each file is replaced only once its new content is complete."""
     out.mkdir(parents=True, exist_ok=True)
     shown = [m for m in (metrics_shown or REPORTED)
              if any(not math.isnan(r[m]) for r in results.values())]
@@ -173,7 +186,7 @@ def write_tables(results: dict[tuple[str, str], dict[str, float]], out: Path,
         for (method, layer), r in results.items():
             for metric in shown:
                 writer.writerow([method, layer, metric, f"{r[metric]:.6g}", int(r["images"])])
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", "", *([notes, ""] if notes else [])]
     for metric in shown:
         lines += [f"## {metric} ({_better(metric)} is better)", "",
                   "| method | " + " | ".join(layers) + " |",
