@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench benchmark figures clean
+.PHONY: demo test lint bench benchmark faithfulness figures clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +35,23 @@ benchmark: $(STAMP)
 	mkdir -p docs/benchmark/rivals-rise
 	$(VENV)/bin/captum-fgcam benchmark --images 100 --blur 11 5 --methods $(RIVALS) \
 	  --no-progress --out docs/benchmark/rivals-rise/scenes-vgg16bn
+
+# The faithfulness issue's tables: every zoo model (and the hard model on the held-out
+# generator) under the paper's substrate and RISE's, then the goal check (summary.md).
+FAITHFUL := Grad-CAM Score-CAM Layer-CAM HiResCAM RefineCAM FG-Grad-CAM FG-Grad-CAM-D \
+  FG-Grad-CAM-DM LRP CLRP SGLRP
+ZOO := scenes-vgg16bn scenes-resnet scenes-vgg16bn-ig scenes-fc-wall scenes-wall scenes-hard
+faithfulness: $(STAMP)
+	mkdir -p docs/benchmark/faithfulness/paper docs/benchmark/faithfulness/rise
+	for m in $(ZOO) scenes-hard@held-out; do \
+	  style=$$(case $$m in *@held-out) echo --style held-out;; esac); \
+	  model=$${m%@held-out}; out=$$(echo $$m | sed 's/@/-/'); \
+	  $(VENV)/bin/captum-fgcam benchmark --model $$model $$style --images 100 \
+	    --methods $(FAITHFUL) --no-progress --out docs/benchmark/faithfulness/paper/$$out; \
+	  $(VENV)/bin/captum-fgcam benchmark --model $$model $$style --images 100 --blur 11 5 \
+	    --methods $(FAITHFUL) --no-progress --out docs/benchmark/faithfulness/rise/$$out; \
+	done
+	$(PY) benchmarks/faithfulness.py
 
 # The figures in docs/ (README): the demo and three explain figures of one held-out scene.
 EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress

@@ -20,7 +20,7 @@ def test_demo_writes_a_legible_figure_and_prints_conservation_and_metrics(tmp_pa
     assert len(ratios) == 5 and all(abs(r - 1) < 1e-4 for r in ratios), printed
     rows = [line.split() for line in printed.splitlines()
             if line.strip().startswith(("FG-", "LRP", "Grad-CAM", "Score-CAM", "Layer-CAM"))]
-    assert len(rows) == 10  # 6 methods at features.13, 4 at the input
+    assert len(rows) == 12  # 7 methods at features.13, 5 at the input
     for row in rows:
         ad, ai, overall, proportion = map(float, row[-4:])
         assert 0 <= ad <= 100 and 0 <= ai <= 100 and -1 <= overall <= 1 and 0 <= proportion <= 1
