@@ -32,9 +32,6 @@ benchmark: $(STAMP)
 	for m in scenes-vgg16bn scenes-vgg16bn-ig scenes-fc-wall; do \
 	  $(VENV)/bin/captum-fgcam benchmark --model $$m --images 100 --methods $(RIVALS) \
 	    --no-progress --out docs/benchmark/rivals/$$m; done
-	mkdir -p docs/benchmark/rivals-rise
-	$(VENV)/bin/captum-fgcam benchmark --images 100 --blur 11 5 --methods $(RIVALS) \
-	  --no-progress --out docs/benchmark/rivals-rise/scenes-vgg16bn
 
 # The faithfulness issue's tables: every zoo model (and the hard model on the held-out
 # generator) under the paper's substrate and RISE's, then the goal check (summary.md).
