@@ -1,10 +1,11 @@
 """`make demo`: the paper's Figure 3 on the project's trained model and a held-out scene.
 
 Rows: Grad-CAM, Score-CAM, Layer-CAM (plain CAMs at each layer), FG-Grad-CAM with and
-without denoising, FG-Score-CAM (propagated from the CAM layer), LRP (from the logits, at the
-input), and beside the paper's variants multi-scale FG-Grad-CAM-DM (our variant: the product of
-the denoised maps at every resolution step; not conserving, in [0, 1]). Columns: the CAM layer ``features.43``, ``features.33``, ``.23``, ``.13`` and the
-input. Then a short metrics table on a few held-out scenes, and relevance conservation.
+without denoising, multi-scale FG-Grad-CAM-DM (our variant beside the paper's: the product of
+the normalised denoised maps at every resolution step; scores in [0, 1], drawn on each map's
+own scale), FG-Score-CAM (propagated from the CAM layer), LRP (from the logits, at the input).
+Columns: the CAM layer ``features.43``, ``features.33``, ``.23``, ``.13`` and the input. Then a
+short metrics table on a few held-out scenes, and relevance conservation.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from captum_fgcam import zoo
 from captum_fgcam.benchmark import SceneItems, Settings, run
 from captum_fgcam.datasets import Scenes
-from captum_fgcam.methods import INPUT, explainers
+from captum_fgcam.methods import INPUT, METHODS, explainers
 from captum_fgcam.visualization import denormalize, plot_grid
 
 MODEL = "scenes-vgg16bn"
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
              f"class '{Scenes.classes[int(label)]}' (predicted '{Scenes.classes[predicted]}'); "
              "positive relevance per pixel, one colour scale per method, ΣR = each map's total")
     fig = plot_grid(denormalize(image, Scenes.mean, Scenes.std), maps, sign="positive",
-                    title=title, scale="method")
+                    title=title, scale="method",
+                    scores=[row for row in ROWS if METHODS[row].scores])
     fig.savefig(args.out)
     print(f"saved {args.out}")
 

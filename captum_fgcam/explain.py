@@ -461,7 +461,7 @@ def explain(args: argparse.Namespace) -> None:
             fig = plot_grid(image, cells, sign=args.sign, title=f"{loaded.label}: {summary}; "
                             f"{view}", method="heat_map" if args.bare else "blended_heat_map",
                             mode=args.upsample, scale=args.scale, dpi=args.dpi,
-                            cell=args.cell)
+                            cell=args.cell, scores=[m for m in maps if METHODS[m].scores])
             with written(out) as partial:
                 fig.savefig(partial)
             plt.close(fig)

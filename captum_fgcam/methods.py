@@ -64,6 +64,7 @@ class Method:
     aliases: tuple[str, ...] = ()
     benchmarked_at_layers: bool = True  # the paper reports LRP at the input only
     cost: str = "one forward and one backward pass per batch"
+    scores: bool = False  # normalised [0, 1] scores (a product of maps), not relevance
 
     def supports(self, layer: str) -> bool:
         return self.at_input if layer == INPUT else self.at_layers
@@ -165,9 +166,11 @@ def _registry() -> dict[str, Method]:
                               **extra))
         methods.append(Method(f"FG-{name}-DM", "FG-CAM", _fine_grained(weighting, True, True),
                               True, True, True, (f"FG-{name}-multiscale",
-                                                 *(f"{a}-DM" for a in fine)), **extra))
+                                                 *(f"{a}-DM" for a in fine)), scores=True,
+                              **extra))
     methods.append(Method("RefineCAM", "CAM", _refine, True, True, True,
-                          cost="one forward and one backward pass per layer multiplied"))
+                          cost="one forward and one backward pass per layer multiplied",
+                          scores=True))
     methods.append(Method("Guided Grad-CAM", "guided", _guided(False), False, True, False,
                           cost="two forward and two backward passes"))
     methods.append(Method("Guided FG-Grad-CAM", "guided", _guided(True), False, True, False,

@@ -14,7 +14,9 @@ Two scales:
   the map's absolute mass lies (Captum's ``outlier_perc=2``), clipped to [0, 1] or [-1, 1];
 * ``scale="method"``: relevance per image pixel, d_p = R_cell / (pixels per cell), with one
   colour scale per row (per method); every panel shows the map's signed total sum R, so
-  that FG-CAM's conservation (the same total at every layer) is visible.
+  that FG-CAM's conservation (the same total at every layer) is visible. Rows named in
+  ``scores`` hold normalised scores, not relevance (RefineCAM, multi-scale FG-CAM: [0, 1] per
+  map); they keep each map's own scale, under a colour bar of their own, without a total.
 
 Panels have fixed sizes: colour bars live in their own column; labels are wrapped to the
 panel width and laid out by matplotlib's constrained layout, so they neither overlap nor
@@ -27,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import textwrap
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import matplotlib
 
@@ -117,7 +119,8 @@ def _quiet_normalisation() -> Iterator[None]:
 def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
               sign: str = "positive", title: str | None = None, cell: float | None = None,
               method: str = "blended_heat_map", mode: str = "nearest", scale: str = "map",
-              dpi: float = DPI, cmap: str | None = None) -> plt.Figure:
+              dpi: float = DPI, cmap: str | None = None,
+              scores: Collection[str] = ()) -> plt.Figure:
     """Rows = methods, columns = layers; the image once, top left.
 
     ``maps[method][layer]`` is a map at that layer (a missing entry leaves its cell empty,
@@ -125,7 +128,8 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     ``method``: "blended_heat_map" (the map over the image, default) or "heat_map" (bare
     maps), as in Captum; ``mode``: upsampling, as in :func:`to_image_map`; ``scale``: "map"
     or "method" (module docstring); ``cell``: panel width in inches (default: from the
-    image size and ``dpi``); ``cmap``: a matplotlib colour map name.
+    image size and ``dpi``); ``cmap``: a matplotlib colour map name; ``scores``: rows of
+    normalised scores (module docstring).
     """
     if sign not in SIGNS:
         raise ValueError(f"sign must be one of {SIGNS}; got {sign!r}")
@@ -137,14 +141,15 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
     size = tuple(image.shape[:2])
     colour_map = plt.get_cmap(cmap or CMAPS[sign])
-    values = {(row, col): (_density(maps[row][col], size, mode) if scale == "method"
-                           else to_image_map(maps[row][col], size, mode)[..., 0])
+    own = {row for row in rows if scale == "map" or row in scores}  # each map on its own scale
+    values = {(row, col): (to_image_map(maps[row][col], size, mode)[..., 0] if row in own
+                           else _density(maps[row][col], size, mode))
               for row in rows for col in cols if col in maps[row]}
     if sign == "positive":
         values = {key: np.maximum(v, 0) for key, v in values.items()}
-    if scale == "map":  # each map relative to its own scale
-        values = {key: v / s if (s := map_scale(v)) > 0 else v for key, v in values.items()}
-    norms = _norms(values, rows, scale, sign)
+    values = {key: v / s if key[0] in own and (s := map_scale(v)) > 0 else v
+              for key, v in values.items()}
+    norms = _norms(values, rows, own, sign)
     inches = _cell_inches(size, cell, dpi)
     font = 9 * max(1.0, inches / 2.5)  # points; grows with large panels
     label_width = max(8, int(inches * 100 / font))  # characters per line
@@ -178,7 +183,7 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
                         ha="center", va="center", color="0.4")
                 continue
             _overlay(ax, grey, values[row, col], norms[row], colour_map, blended)
-            if scale == "method":  # the signed total, conserved by FG-CAM
+            if row not in own:  # the signed total, conserved by FG-CAM
                 total = float(maps[row][col].sum())
                 if abs(total) < 1e-6 * float(maps[row][col].abs().sum()):
                     total = 0.0  # round-off of a zero-sum map (denoised FG-CAM)
@@ -186,20 +191,20 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
                         fontsize=font * 0.8,
                         va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5,
                                            "edgecolor": "none"})
-    _colour_bars(fig, grid, rows, norms, colour_map, scale, font * 0.8)
+    _colour_bars(fig, grid, rows, norms, colour_map, scale, own, font * 0.8)
     if title:
         fig.suptitle(textwrap.fill(title, label_width * (len(cols) + 1)), fontsize=font * 1.1)
     return fig
 
 
-def _norms(values: Mapping[tuple[str, str], np.ndarray], rows: Sequence[str], scale: str,
-           sign: str) -> dict[str, colors.Normalize]:
+def _norms(values: Mapping[tuple[str, str], np.ndarray], rows: Sequence[str],
+           own: Collection[str], sign: str) -> dict[str, colors.Normalize]:
     """One normalisation per row: [0, 1] or [-1, 1] for maps already divided by their own
-    scale, else the joint scale of the row's maps."""
+    scale (rows in ``own``), else the joint scale of the row's maps."""
     norms = {}
     for row in rows:
         row_values = [v for (r, _), v in values.items() if r == row]
-        if scale == "map":
+        if row in own:
             vmax = 1.0
         else:
             joint = np.concatenate([v.ravel() for v in row_values]) if row_values else [0.0]
@@ -211,11 +216,12 @@ def _norms(values: Mapping[tuple[str, str], np.ndarray], rows: Sequence[str], sc
 
 def _colour_bars(fig: plt.Figure, grid: matplotlib.gridspec.GridSpec, rows: Sequence[str],
                  norms: Mapping[str, colors.Normalize], cmap: colors.Colormap,
-                 scale: str, font: float) -> None:
+                 scale: str, own: Collection[str], font: float) -> None:
     """Colour bars in their own column: one for the figure (scale "map"), one per row."""
     spans = [(slice(None), rows[0])] if scale == "map" else [(i, r) for i, r in enumerate(rows)]
-    label = ("relevance / map scale" if scale == "map" else "relevance per pixel")
     for where, row in spans:
+        label = ("relevance / map scale" if scale == "map" else "score / map scale"
+                 if row in own else "relevance per pixel")
         ax = fig.add_subplot(grid[where, -1])
         bar = fig.colorbar(ScalarMappable(norm=norms[row], cmap=cmap), cax=ax)
         bar.ax.tick_params(labelsize=font)

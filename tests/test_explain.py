@@ -287,6 +287,28 @@ def test_plot_grid_and_views(sign, scale):
     assert titles[:3] == ["image", "signed (green +, red -)", "positive, over the image"]
 
 
+def test_score_rows_keep_their_own_scale_and_no_total():
+    """A row of normalised scores (RefineCAM, FG-X-DM) in a relevance-per-pixel figure: each
+    map on its own scale (the coarse and the fine map both reach the top of the bar), its own
+    colour bar label, no ΣR."""
+    img = np.random.default_rng(0).random((16, 16, 3))
+    coarse, fine = torch.rand(1, 4, 4), torch.rand(1, 16, 16)
+    maps = {"relevance": {"l1": coarse, "input": fine}, "scores": {"l1": coarse, "input": fine}}
+    fig = plot_grid(img, maps, scale="method", scores=["scores"])
+    fig.canvas.draw()
+    texts = {ax.get_ylabel(): [t.get_text() for t in ax.texts] for ax in fig.axes[:7]}
+    assert any(t.startswith("ΣR") for t in texts["relevance"])
+    assert not any(t.startswith("ΣR") for t in texts["scores"])
+    labels = [ax.get_ylabel() for ax in fig.axes[-2:]]
+    assert labels == ["relevance per pixel", "score / map scale"]
+    def opacity(ax):  # the overlay's largest alpha: 0.9 where a map reaches its bar's top
+        return float(ax.get_images()[-1].get_array()[..., 3].max())
+
+    relevance, scores = [fig.axes[1], fig.axes[2]], [fig.axes[4], fig.axes[5]]
+    assert all(opacity(ax) > 0.85 for ax in scores)  # both fill their own scale
+    assert opacity(relevance[0]) < 0.5  # per pixel, the 4x4 map's 16-pixel cells are faint
+
+
 def test_figure_text_never_overlaps():
     """Titles, row labels and colour bar labels of an 8 x 6 grid with long names: no two
     text boxes overlap and none leaves the figure."""
