@@ -51,6 +51,8 @@ def main() -> None:
              "| HiResCAM Overall / Proportion |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     wins = total = 0
+    tally: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    losses: list[str] = []
     models = sorted({p.parent.name for p in args.root.glob("*/*/results.csv")})
     for model in models:
         for substrate, label in SUBSTRATES.items():
@@ -69,6 +71,11 @@ def main() -> None:
                         continue
                     won = ours[0] > theirs[0]
                     wins, total = wins + won, total + 1
+                    tally[model, substrate, metric][0] += won
+                    tally[model, substrate, metric][1] += 1
+                    if not won:
+                        losses.append(f"{model}, {label}, {layer}, {metric}: {ours[1]} "
+                                      f"{ours[0]:.3f} vs {theirs[1]} {theirs[0]:.3f}")
                     cells += [f"{ours[0]:.3f} {ours[1]}", f"{theirs[0]:.3f} {theirs[1]}",
                               "**win**" if won else "loses"]
                 hires = table.get(("HiResCAM", layer), {})
@@ -76,7 +83,15 @@ def main() -> None:
                          if "Overall" in hires else "–")
                 lines.append(f"| {model} | {label} | {layer} | " + " | ".join(cells)
                              + f" | {extra} |")
-    lines += ["", f"FG wins {wins} of {total} comparisons."]
+    lines += ["", f"FG wins {wins} of {total} comparisons.", "",
+              "| model | Overall, paper | Overall, RISE | Proportion, paper | Proportion, RISE |",
+              "|---|---|---|---|---|"]
+    for model in models:
+        cells = [f"{tally[model, sub, metric][0]} / {tally[model, sub, metric][1]}"
+                 for metric in METRICS for sub in SUBSTRATES]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    lines += ["", "Where FG loses (best FG variant vs best rival):", "",
+              *(f"- {loss}" for loss in losses)]
     text = "\n".join(lines) + "\n"
     (args.root / "summary.md").write_text(text)
     print(text)
