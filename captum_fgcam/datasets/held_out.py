@@ -15,10 +15,7 @@ import torch.nn.functional as F
 from torch import Generator, Tensor
 
 from .shapes import ellipse
-
-
-def _uniform(g: Generator, low: float, high: float) -> float:
-    return low + (high - low) * torch.rand((), generator=g).item()
+from .textures import _uniform, textured
 
 
 def plaid(size: int, g: Generator) -> Tensor:
@@ -40,13 +37,8 @@ def value_noise(size: int, g: Generator) -> Tensor:
 
 
 def held_out_background(size: int, g: Generator) -> Tensor:
-    """3 x size x size in [0, 1]: plaid blended with value noise, random contrast, pixel noise."""
-    mix = _uniform(g, 0.0, 1.0)
-    texture = mix * plaid(size, g) + (1 - mix) * value_noise(size, g)
-    contrast, level = _uniform(g, 0.3, 0.8), _uniform(g, 0.25, 0.75)
-    texture = level + contrast * (texture - texture.mean())
-    noise = _uniform(g, 0.0, 0.12) * torch.randn(3, size, size, generator=g)
-    return (texture + noise).clamp(0, 1)
+    """3 x size x size in [0, 1]: plaid blended with value noise (:func:`textured`)."""
+    return textured(plaid, value_noise, size, g)
 
 
 def _arc(dx: Tensor, dy: Tensor, radius: float, width: float, start: float,

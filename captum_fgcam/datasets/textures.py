@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +31,18 @@ def stripes(size: int, g: Generator) -> Tensor:
     return a + (b - a) * wave
 
 
-def background(size: int, g: Generator) -> Tensor:
-    """3 x size x size in [0, 1]: a blend of blobs and stripes plus pixel noise, random contrast."""
+def textured(first: Callable[[int, Generator], Tensor], second: Callable[[int, Generator], Tensor],
+             size: int, g: Generator) -> Tensor:
+    """3 x size x size in [0, 1]: a random blend of two textures, random contrast and level,
+    plus pixel noise."""
     mix = _uniform(g, 0.0, 1.0)
-    texture = mix * blobs(size, g) + (1 - mix) * stripes(size, g)
+    texture = mix * first(size, g) + (1 - mix) * second(size, g)
     contrast, level = _uniform(g, 0.3, 0.8), _uniform(g, 0.25, 0.75)
     texture = level + contrast * (texture - texture.mean())
     noise = _uniform(g, 0.0, 0.12) * torch.randn(3, size, size, generator=g)
     return (texture + noise).clamp(0, 1)
+
+
+def background(size: int, g: Generator) -> Tensor:
+    """The training generator's background: blobs blended with stripes (:func:`textured`)."""
+    return textured(blobs, stripes, size, g)
