@@ -1,4 +1,5 @@
-"""Every CNN users bring: torchvision, timm and Hugging Face families, wrappers, 1-D and 3-D
+"""Every CNN users bring: torchvision, timm and Hugging Face families (and timm attention models
+beyond the transformers of tests/test_transformers.py), wrappers, 1-D and 3-D
 convolutions, the operations real networks use; a correct map or a clear refusal.
 
 Each model: random weights, BatchNorm statistics randomised, FG-Grad-CAM from the CAM layer
@@ -19,7 +20,6 @@ from torch import nn
 from captum_fgcam import (
     CaptureError,
     FGGradCam,
-    LayerError,
     MissingRuleError,
     PassRule,
     RoutingRule,
@@ -320,33 +320,20 @@ def test_every_missing_rule_suggestion_is_a_rule_that_works():
 
 # -- refusals --------------------------------------------------------------------------------
 
-def tiny_vit() -> nn.Module:
+# attention models beyond the transformers issue's list (tests/test_transformers.py has those):
+# mobile attention, talking heads, gated positional attention, SwiGLU and rotary embeddings,
+# attention biases, distillation tokens, factorised attention
+TIMM_ATTENTION = [("mobilevitv2_050", 64), ("levit_128s", 64), ("convit_tiny", 64),
+                  ("cait_xxs24_224", 64), ("eva02_tiny_patch14_224", 56),
+                  ("coat_lite_tiny", 64), ("deit_tiny_distilled_patch16_224", 64)]
+
+
+@pytest.mark.parametrize("name, size", TIMM_ATTENTION)
+def test_timm_attention_family(name, size):
     torch.manual_seed(0)
-    return torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
-        num_classes=10).eval()
-
-
-@pytest.mark.parametrize("make", [tiny_vit, lambda: timm.create_model(
-    "mobilevitv2_050", pretrained=False, num_classes=10).eval()])
-def test_attention_models_are_refused_before_any_work(make):
-    model = make()
-    x = image_batch(1, 32 if isinstance(model, torchvision.models.VisionTransformer) else 64,
-                    32 if isinstance(model, torchvision.models.VisionTransformer) else 64)
-    with pytest.raises(LayerError, match="attention"):
-        find_cam_layer(model, x)
-    with pytest.raises(LayerError, match="attention"):
-        FGGradCam(model, find_input_layer(model, x)).attribute(x, 1)
-
-
-def test_attention_inside_the_span_names_the_operation():
-    model = tiny_vit()
-    calls = []
-    model.heads.register_forward_hook(lambda *a: calls.append(1))
-    fg = FGGradCam(model, "conv_proj", cam_layer="encoder.ln")
-    with pytest.raises(MissingRuleError, match="no relevance rule for .*attention"):
-        fg.attribute(image_batch(1, 32, 32), 1)
-    assert calls == [1]  # one recorded forward, no weighting, no propagation
+    kwargs = {} if name.startswith("mobilevit") else {"img_size": size}
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    assert_explained(model, image_batch(2, size, size, 5))
 
 
 class Hidden(nn.Module):

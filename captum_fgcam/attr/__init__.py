@@ -1,9 +1,10 @@
 """Captum-facing attribution classes."""
 
-from .cam import ConceptorCam, GradCamPlusPlus, HiResCam, LayerCam, ScoreCam, XGradCam
+from .cam import ConceptorCam, GradCam, GradCamPlusPlus, HiResCam, LayerCam, ScoreCam, XGradCam
 from .fg_cam import FGCam, FGGradCam, FGScoreCam
 from .lrp import CLRP, LRP, SGLRP
 from .refine import RefineCam
 
 __all__ = ["CLRP", "LRP", "SGLRP", "ConceptorCam", "FGCam", "FGGradCam", "FGScoreCam",
-           "GradCamPlusPlus", "HiResCam", "LayerCam", "RefineCam", "ScoreCam", "XGradCam"]
+           "GradCam", "GradCamPlusPlus", "HiResCam", "LayerCam", "RefineCam", "ScoreCam",
+           "XGradCam"]

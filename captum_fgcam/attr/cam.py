@@ -18,9 +18,11 @@ from torch import Tensor, nn
 
 from .._state import preserved_state
 from ..propagation.capture import scores_of, unwrap
+from ..propagation.tokens import as_grid
 from ..weightings import (
     ConceptorWeighting,
     ScoreCamWeighting,
+    grad_cam,
     grad_cam_plus_plus,
     hires_cam,
     layer_cam,
@@ -59,8 +61,18 @@ class _PlainCam(LayerAttribution, GradientAttribution):
                                             target, extra)
         else:
             components = self.weighting(self.forward_func, self.layer, inputs, target, extra)
+        components = as_grid(components, inputs[0])  # a token grid: channels first
         cam = components.sum(dim=1, keepdim=True) if attr_dim_summation else components
         return cam.clamp(min=0) if relu_attributions else cam
+
+
+class GradCam(_PlainCam):
+    """Grad-CAM (Selvaraju et al. 2017): Captum's ``LayerGradCam`` equation (equal to it on
+    channels-first layers, tested), also at a transformer's token grid, reshaped to
+    N x C x h x w (:mod:`~captum_fgcam.propagation.tokens`; pytorch-grad-cam's
+    ``reshape_transform``), where Captum's class would average over the wrong axes."""
+
+    weighting = staticmethod(grad_cam)
 
 
 class GradCamPlusPlus(_PlainCam):

@@ -41,6 +41,7 @@ from ..denoising import svd_denoise
 from ..propagation.capture import scores_of, unwrap
 from ..propagation.graph import LayerRef, cam_layer_in, require_module, resolve_module
 from ..propagation.presets import RuleMap
+from ..propagation.tokens import on_grid
 from ..propagation.upsampler import FineGrainedUpsampler
 from ..weightings import GradientWeighting, ScoreCamWeighting, Weighting, get_weighting
 from ..weightings import requires_target as weighting_requires_target
@@ -170,7 +171,8 @@ class FGCam(LayerAttribution, GradientAttribution):
                 with torch.enable_grad():
                     score = _select_targets(scores, target).sum()
                 (grad,) = torch.autograd.grad(score, activation)
-                components = self.weighting.components(activation.detach(), grad.detach())
+                components = self.weighting.in_layout(activation.detach(), grad.detach(),
+                                                      inputs[0], cap.grids)
             else:
                 cap.output = scores = None
 
@@ -186,7 +188,8 @@ class FGCam(LayerAttribution, GradientAttribution):
             cap.live.clear()
             components = _checked_components(components, span.activation(), self.weighting)
             if denoise:
-                components = svd_denoise(components, denoise_rank)
+                components = on_grid(lambda e: svd_denoise(e, denoise_rank), inputs[0],
+                                     components, grids=cap.grids)
             if not multiscale:
                 return up.propagate(span, components)
             if len(span.stops) > 1:

@@ -39,6 +39,7 @@ from ..propagation.graph import (
     record_example,
     require_module,
 )
+from ..propagation.tokens import as_grid
 from .cam import GradCamPlusPlus
 
 
@@ -99,7 +100,9 @@ def refine_layers(cap: Capture, model: nn.Module, cam_layer: str, layer: str | N
                 or any(name.startswith(f"{p}.") for p in picked):
             continue
         call = cap.calls[name][0]
-        before, after = cap.values[call.inputs[0]], cap.values[call.output]
+        image = cap.values[cap.image]  # token grids (Swin's N x h x w x C) as grids
+        before, after = (as_grid(cap.values[n], image, cap.grids)
+                         for n in (call.inputs[0], call.output))
         if before.dim() == after.dim() > 2 and after.shape[2:].numel() < before.shape[2:].numel():
             picked.append(name)
     chosen = [cam_layer, *sorted(picked, key=position.__getitem__, reverse=True)]

@@ -11,7 +11,8 @@ model only:
   (``nn.Conv2d``, ``nn.BatchNorm2d``, ...), as one ``call_module`` node;
 - every other torch function or tensor method that reads an activation (a tensor computed from
   the input), as a ``call_function`` node; parameters, buffers and tensors computed from them
-  only are constants, not nodes;
+  only are constants, not nodes, and so are tensors built from an activation's shape alone
+  (``x.new_zeros``, ``torch.ones_like``: Swin's shifted-window mask);
 - the input and output of every module of the model (for ``layer`` arguments).
 
 The result is an ``fx.Graph`` of the operations this input ran through, with their values.
@@ -33,7 +34,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import hooks as torch_hooks
 
-from .ops import is_inplace, op_name, out_of_place
+from .ops import CONSTANT_FACTORIES, is_inplace, op_name, out_of_place
+from .tokens import grids_of
 
 
 class CaptureError(TypeError):
@@ -63,6 +65,8 @@ class Capture:
     def __post_init__(self) -> None:
         self.nodes: list[fx.Node] = list(self.graph.nodes)
         self.position = {node: i for i, node in enumerate(self.nodes)}
+        #: the spatial sizes of the recorded 4-D values (to read token sequences)
+        self.grids = grids_of(self.values.values())
 
 
 def _finite(value: Any) -> bool:
@@ -199,9 +203,9 @@ class _Recorder(TorchFunctionMode):
         if self.inside_leaf or self.muted or threading.get_ident() != self.thread:
             return func(*args, **kwargs)
         live = self._live((args, kwargs))
-        if not live:
-            return func(*args, **kwargs)
         name = op_name(func)
+        if not live or name in CONSTANT_FACTORIES:
+            return func(*args, **kwargs)
         target = self.node_of(args[0]) if args else None
         if is_inplace(func, kwargs) and target is not None:
             self._protect([target], func)

@@ -16,6 +16,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from . import ops
+from .attention import relevance_path
 from .capture import Capture, capture, unwrap
 from .presets import RuleMap, Site, resolve_rules
 
@@ -192,12 +193,16 @@ def record_example(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None) -
             m.training = mode
 
 
-def producing_module(cap: Capture, node: fx.Node | None) -> str | None:
-    """The innermost module, run exactly once, whose output is ``node``'s value."""
+def producing_module(cap: Capture, node: fx.Node | None,
+                     skip: Callable[[str], bool] = lambda name: False) -> str | None:
+    """The innermost module, run exactly once, whose output is ``node``'s value (leaving out
+    modules for which ``skip`` is true)."""
     if node is None or node.op == "placeholder":
         return None
     candidates = [path for path, _ in node.meta.get("nn_module_stack", {}).values()]
     for name in reversed(candidates):
+        if skip(name):
+            continue
         calls = cap.calls.get(name, [])
         if len(calls) == 1 and calls[0].output is node:
             return name
@@ -214,6 +219,36 @@ def _global(cap: Capture, node: fx.Node) -> bool:
             and (value.dim() == 2 or (value.dim() >= 3 and value.shape[2:].numel() == 1)))
 
 
+def _moves_only(cap: Capture) -> Callable[[str], bool]:
+    """Whether a module only moves elements (a ``Permute``, a window departition): every
+    operation recorded inside it routes."""
+    def test(name: str) -> bool:
+        inside = [n for n in cap.nodes if name in n.meta.get("nn_module_stack", {})]
+        return bool(inside) and all(n.op == "call_function"
+                                    and ops.kind_of(n.target) == ops.ROUTE for n in inside)
+    return test
+
+
+def _class_token_layer(cap: Capture, model: nn.Module,
+                       kinds: list[tuple[fx.Node, Site]]) -> fx.Node | None:
+    """For a transformer that reads its class token (no global pooling): the last
+    normalisation feeding the last attention, whose tokens that attention mixes into the class
+    token (the last block's own output reaches the head through the class token alone)."""
+    attention = [n for n, s in kinds if s.kind == ops.ATTENTION or s.op_name == ops.SOFTMAX]
+    if not attention:
+        return None
+    feeding = ancestors(attention[-1])
+    norms = [n for n, s in kinds if n in feeding and s.op_name in NORMALISATIONS
+             and producing_module(cap, n) is not None]
+    return norms[-1] if norms else None
+
+
+#: the normalisations a transformer block starts with (modules, and functions inside modules
+#: such as timm's ``LayerNorm``)
+NORMALISATIONS = frozenset(["LayerNorm", "GroupNorm", "RMSNorm", "BatchNorm1d", "layer_norm",
+                            "rms_norm", "group_norm", "batch_norm"])
+
+
 def cam_layer_in(cap: Capture, model: nn.Module) -> str:
     """The module whose output feeds the classifier head's global pooling (see
     :func:`find_cam_layer`)."""
@@ -223,23 +258,30 @@ def cam_layer_in(cap: Capture, model: nn.Module) -> str:
              and (s.op_name.lower().startswith("adaptive") or _global(cap, n))]
     flattens = [n for n, s in kinds
                 if s.op_name in ("flatten", "view", "reshape", "Flatten", "linear", "Linear")]
-    head = pools[-1] if pools else (flattens[0] if flattens else None)
-    feature = head.all_input_nodes[0] if head is not None and head.all_input_nodes else None
-    while feature is not None and feature.op == "call_function" \
-            and not feature.meta.get("nn_module_stack") and len(feature.all_input_nodes) == 1:
-        feature = feature.all_input_nodes[0]
-    name = producing_module(cap, feature)
-    if name is None:
+    feature = None
+    if pools:
+        feature = pools[-1].all_input_nodes[0] if pools[-1].all_input_nodes else None
+    else:
+        feature = _class_token_layer(cap, model, kinds)
+        if feature is None and flattens and flattens[0].all_input_nodes:
+            feature = flattens[0].all_input_nodes[0]
+    name = producing_module(cap, feature, skip=_moves_only(cap))
+    while name is None and feature is not None and feature.op == "call_function" \
+            and len(feature.all_input_nodes) == 1 \
+            and (not feature.meta.get("nn_module_stack")
+                 or ops.kind_of(feature.target) == ops.ROUTE):
+        feature = feature.all_input_nodes[0]  # (Swin: the norm behind a Permute module)
+        name = producing_module(cap, feature, skip=_moves_only(cap))
+    if name is None or feature is None:
         raise LayerError(
             f"could not find a CAM layer in {type(model).__name__} (the module whose output "
             "feeds the classifier's global pooling); pass cam_layer= explicitly")
-    feeding = ancestors(feature)
-    unsupported = [s for n, s in kinds if s.kind == ops.UNSUPPORTED
-                   and (n in feeding or cap.position[n] > cap.position[feature])]
+    path = relevance_path(cap.values, feature)
+    unsupported = [s for n, s in kinds if s.kind == ops.UNSUPPORTED and n in path]
     if unsupported:
         what = unsupported[0]
         raise LayerError(
-            f"{type(model).__name__} runs {what.op_name} ({what.kind} operation) around its "
+            f"{type(model).__name__} runs {what.op_name} ({what.kind} operation) before its "
             f"candidate CAM layer {name!r}: {ops.UNSUPPORTED_REASON}")
     return name
 
@@ -255,7 +297,11 @@ def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     search walks back through such single-input operations; among the modules producing the
     value, the innermost one that runs exactly once is chosen. The model runs once on
     ``inputs`` (default: a random input shaped for its first layer, see
-    :func:`example_input`). Attention models are refused (no relevance rule for attention).
+    :func:`example_input`). Transformers: a token grid that is averaged (Swin, MaxViT, ViTs
+    with average pooling) is found the same way (Swin: the final ``norm``); a ViT that reads
+    its class token gives the last normalisation before the last attention (torchvision:
+    ``encoder.layers.encoder_layer_11.ln_1``, timm: ``blocks.11.norm1``), whose tokens that
+    attention mixes into the class token.
     """
     module = unwrap(model)
     return cam_layer_in(record_example(module, inputs), module)

@@ -66,6 +66,8 @@ ROUTE = "route"            # operations that only move elements
 MAX = "max"                # max pooling
 SUM = "sum"                # sums with non-negative weights: average pooling, means, resampling
 ARITHMETIC = "arithmetic"  # + - * / with activations or constants
+PRODUCT = "product"        # bilinear products of tensors: matmul, bmm, einsum
+ATTENTION = "attention"    # fused attention: softmax(q k^T / sqrt(d) + mask) v
 UNSUPPORTED = "unsupported"
 
 KINDS_BY_NAME: dict[str, str] = {
@@ -91,11 +93,22 @@ KINDS_BY_NAME: dict[str, str] = {
         "adaptive_avg_pool3d", "mean", "sum", "interpolate", "upsample", "upsample_nearest",
         "upsample_bilinear"], SUM),
     **dict.fromkeys(["add", "sub", "rsub", "mul", "div", "neg", "addcmul"], ARITHMETIC),
+    **dict.fromkeys(["matmul", "bmm", "einsum"], PRODUCT),
+    **dict.fromkeys(["scaled_dot_product_attention", "multi_head_attention_forward"], ATTENTION),
     **dict.fromkeys([
-        "scaled_dot_product_attention", "multi_head_attention_forward",
-        "_native_multi_head_attention", "_transformer_encoder_layer_fwd", "matmul", "bmm",
-        "einsum", "baddbmm", "softmax", "log_softmax"], UNSUPPORTED),
+        "_native_multi_head_attention", "_transformer_encoder_layer_fwd", "baddbmm", "softmax",
+        "log_softmax"], UNSUPPORTED),
 }
+
+#: functions whose result depends on an activation's shape, dtype or device only (a mask built
+#: with ``x.new_zeros``): constants, not recorded
+CONSTANT_FACTORIES = frozenset([
+    "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "zeros_like", "ones_like",
+    "empty_like", "full_like"])
+
+#: the softmax, whose output FG-CAM treats as constant attention weights where it weights a
+#: product (:mod:`.attention`)
+SOFTMAX = "softmax"
 
 KINDS_BY_MODULE: tuple[tuple[tuple[type, ...], str], ...] = (
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear), LINEAR),
@@ -110,15 +123,17 @@ KINDS_BY_MODULE: tuple[tuple[tuple[type, ...], str], ...] = (
       nn.AdaptiveMaxPool3d), MAX),
     ((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
       nn.AdaptiveAvgPool3d, nn.Upsample), SUM),
-    ((nn.MultiheadAttention, nn.Softmax, nn.LogSoftmax), UNSUPPORTED),
+    ((nn.Softmax, nn.LogSoftmax), UNSUPPORTED),
 )
 
 #: why an unsupported operation has no rule, and what to use instead
 UNSUPPORTED_REASON = (
-    "it mixes activations with each other (attention, a product or softmax of two "
-    "activations), for which FG-CAM has no relevance rule yet: vision transformers and other "
-    "attention models cannot be explained. Use a CNN, or Captum's LayerGradCam on the model "
-    "with a reshape of the token grid")
+    "relevance reaches a softmax (or a fused attention kernel) other than as the weights of an "
+    "attention product. FG-CAM treats softmax outputs as constant attention weights where they "
+    "weight a matmul / bmm / einsum with the values (CP-LRP, Ali et al. 2022); a softmax whose "
+    "output is used otherwise, or a kernel such as _native_multi_head_attention, has no "
+    "relevance rule. Write the attention as softmax(q @ k.T) @ v or "
+    "F.scaled_dot_product_attention, or register a rule for it")
 
 
 def kind_of(op: Any) -> str | None:

@@ -24,6 +24,7 @@ from captum.attr._utils.lrp_rules import PropagationRule
 from torch import nn
 
 from . import ops
+from .attention import AttentionRule, ProductRule
 from .ops import op_name
 from .rules import (
     ArithmeticRule,
@@ -132,7 +133,8 @@ def _common(linear: Rule, sums: Rule, pools: Rule, conserve: bool = True
             ) -> list[tuple[Any, Rule]]:
     return [(Kind(ops.PASS), PassRule()), (Kind(ops.ROUTE), RoutingRule()),
             (Kind(ops.ARITHMETIC), ArithmeticRule(conserve)), (Kind(ops.MAX), pools),
-            (Kind(ops.SUM), sums), (Kind(ops.LINEAR), linear)]
+            (Kind(ops.SUM), sums), (Kind(ops.LINEAR), linear),
+            (Kind(ops.PRODUCT), ProductRule()), (Kind(ops.ATTENTION), AttentionRule(linear))]
 
 
 def _reference() -> RuleMap:

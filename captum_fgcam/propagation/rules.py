@@ -148,7 +148,9 @@ def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
         leaves = [t.detach().requires_grad_(True) for t in inputs]
         z = fn(*leaves)
         s = scale(tuple(t.detach() for t in z) if isinstance(z, tuple) else z.detach())
-        return list(torch.autograd.grad(z, leaves, s))
+        # an input the output does not depend on (``expand_as``'s shape donor) gets zeros
+        return list(torch.autograd.grad(z, leaves, s, allow_unused=True,
+                                        materialize_grads=True))
 
 
 LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -551,7 +553,9 @@ class ArithmeticRule(Rule):
     normalisation, layer scale, fixed masks). With several activations: a sum
     y = \sum_i s_i x_i (s_i = +-1) uses the sign-aware z-rule of :class:`SignAwareZRule` on
     the contributions c_i = s_i x_i; a product x * g treats the broadcast operand g as a gate
-    (:class:`GateRule`); a quotient x / d gives all relevance to the numerator. Conserves
+    (:class:`GateRule`), and a product a * b of two activations of the output's shape (a
+    gated linear unit) gives each half, R_a = R_b = R / 2 (AttnLRP's uniform rule for
+    multiplicative gates); a quotient x / d gives all relevance to the numerator. Conserves
     relevance wherever the sum is non-zero and no scale is 0; where a sum is 0,
     ``fallback`` as in :class:`SignAwareZRule`.
     """
@@ -577,6 +581,10 @@ class ArithmeticRule(Rule):
                 out[p] = share.sum_to_size(inputs[p].shape)
             return out
         if name == "mul" and len(live) > 1:
+            full = [p for p in live if inputs[p].shape == relevance.shape]
+            if len(full) == len(live) == 2:  # a gated unit (SwiGLU): the uniform rule
+                out[live[0]], out[live[1]] = relevance / 2, relevance / 2
+                return out
             return GateRule().propagate(call, relevance)
         if len(live) > 1:
             raise ValueError(f"{name} of several activations has no rule; register one")

@@ -11,7 +11,7 @@ channel at a time.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from .._batching import each, finished
 from .._state import preserved_state
 from . import ops
+from .attention import relevance_inputs, relevance_path
 from .capture import Capture, capture, item_of, unwrap, where_non_finite
 from .graph import (
     LayerError,
@@ -46,6 +47,7 @@ from .rules import (
     ZBoxRule,
     ZPlusRule,
 )
+from .tokens import as_grid
 
 
 class MissingRuleError(TypeError):
@@ -89,6 +91,9 @@ class Span:
     stops: tuple[fx.Node, ...]
     rules: dict[fx.Node, Rule]
     ops: dict[fx.Node, Any]  # what each rule sees as the operation (module, view, function)
+    #: per product or fused attention: the operands that receive no relevance (attention
+    #: weights, queries and keys: constants to the rule)
+    frozen: dict[fx.Node, set[fx.Node]] = field(default_factory=dict)
 
     def activation(self) -> Any:
         """The recorded value at the start (the CAM layer's output, or the logits)."""
@@ -180,10 +185,11 @@ class FineGrainedUpsampler:
                 f"layer {self.to_name!r} does not feed {where} (it sits on a side branch); "
                 "its map would be all zero. Choose a layer on the path to it")
         first = min(stops, key=cap.position.__getitem__)
-        on_path = _relevance_path(cap, start) & set().union(*map(_descendants, stops))
+        on_path = relevance_path(cap.values, start) & set().union(*map(_descendants, stops))
         first_linear = _first_linear(cap, self.module)
         rules: dict[fx.Node, Rule] = {}
         targets: dict[fx.Node, Any] = {}
+        frozen: dict[fx.Node, set[fx.Node]] = {}
         folded, norms = self._fold_batchnorm(cap, on_path) if self.fold_batchnorm else ({}, set())
         for node in cap.nodes[cap.position[first] + 1:cap.position[start] + 1]:
             if node not in on_path or node.target is item_of or node in stops:
@@ -200,22 +206,27 @@ class FineGrainedUpsampler:
                 rule = rule.within(valid)
             rules[node] = rule
             targets[node] = folded.get(node) or _operation(where_site.op, node, cap)
-        return Span(cap, start, stops, rules, targets)
+            if where_site.kind in (ops.PRODUCT, ops.ATTENTION):
+                frozen[node] = set(node.all_input_nodes) - set(relevance_inputs(cap.values, node))
+        return Span(cap, start, stops, rules, targets, frozen)
 
     # -- propagation ---------------------------------------------------------------------
     def propagate(self, span: Span, components: Tensor,
-                  views: Mapping[str, Any] | None = None) -> Tensor | tuple[Tensor, ...]:
+                  views: Mapping[str, Any] | None = None,
+                  grid: bool = True) -> Tensor | tuple[Tensor, ...]:
         """Relevance at the stop nodes of ``span`` for ``components`` at its start (a tensor,
         or a tuple for several stops; a stop that is also an ancestor of another keeps only
         the relevance that reaches it directly).
 
         ``views`` maps module names to :class:`LinearView` objects that rules see instead of
-        those modules (CLRP's virtual class).
+        those modules (CLRP's virtual class). ``grid``: relevance at a transformer's token grid
+        comes back as a channels-first grid (default), or in the layer's own layout with its
+        prefix tokens (the class token's share; :mod:`.tokens`).
         """
-        return self.propagate_with_taps(span, components, (), views)[0]
+        return self.propagate_with_taps(span, components, (), views, grid)[0]
 
     def propagate_with_taps(self, span: Span, components: Tensor, taps: Sequence[str],
-                            views: Mapping[str, Any] | None = None
+                            views: Mapping[str, Any] | None = None, grid: bool = True
                             ) -> tuple[Tensor | tuple[Tensor, ...], list[Tensor]]:
         """:meth:`propagate`, also returning the relevance that passes through the outputs of
         the modules named in ``taps`` on the way (each between the start and the stops; the
@@ -273,16 +284,23 @@ class FineGrainedUpsampler:
             if isinstance(span.ops[node], FunctionalLinear) and op is None:
                 args = args[:1]
             flat = flat_args(node)
+            constants = span.frozen.get(node, set())
             call = Call(op or span.ops[node], args, fx.node.map_arg(dict(node.kwargs), value),
-                        tuple(isinstance(a, fx.Node) for a in flat))
+                        tuple(isinstance(a, fx.Node) and a not in constants for a in flat))
             for arg, r_in in zip(flat, rule.propagate(call, r_out), strict=False):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
-        maps = tuple(found[stop].contiguous() for stop in span.stops)
+        image = values[cap.image]  # maps at a token grid come back channels-first
+
+        def layout(r: Tensor) -> Tensor:
+            return as_grid(r, image, cap.grids) if grid else r
+
+        maps = tuple(layout(found[stop]).contiguous() for stop in span.stops)
         if not all(bool(torch.isfinite(m).all()) for m in maps):
             raise ValueError("the relevance map contains NaN or Inf: "
                              f"{where_non_finite(span.capture, self.module)}")
-        return maps[0] if len(maps) == 1 else maps, [tapped[node] for node in tap_nodes]
+        return (maps[0] if len(maps) == 1 else maps,
+                [layout(tapped[node]) for node in tap_nodes])
 
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], components: Tensor,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
@@ -322,23 +340,6 @@ def _output_node(cap: Capture) -> fx.Node:
         raise LayerError("the model's output (the class scores) is not computed from its "
                          "input; there is nothing to explain")
     return node.args[0]
-
-
-def _relevance_path(cap: Capture, start: fx.Node) -> set[fx.Node]:
-    """The nodes relevance can reach from ``start``: its ancestors, except those that feed
-    it only as a gate (the broadcast operand of a product of two activations, a divisor),
-    which receive none (:class:`ArithmeticRule`)."""
-    def inputs(node: fx.Node) -> list[fx.Node]:
-        args = node.all_input_nodes
-        name = ops.op_name(node.target) if node.op == "call_function" else ""
-        if name in ("mul", "div") and len(args) > 1:
-            shape = cap.values[node].shape
-            full = [a for a in args
-                    if isinstance(cap.values[a], Tensor) and cap.values[a].shape == shape]
-            return full[:1] if name == "mul" else args[:1]
-        return args
-
-    return reachable(start, inputs)
 
 
 def _descendants(node: fx.Node) -> set[fx.Node]:

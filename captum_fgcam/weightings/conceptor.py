@@ -38,6 +38,8 @@ from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
+from ..propagation.tokens import on_grid
+
 DELTA = 1e-6
 
 
@@ -91,7 +93,8 @@ class ConceptorWeighting:
             forward_func, layer, inputs, chosen, additional_forward_args)
         rival, _ = compute_layer_gradients_and_eval(
             forward_func, layer, inputs, competitor, additional_forward_args)
-        return self.components(acts[0].detach(), grads[0].detach(), rival[0].detach())
+        return on_grid(self.components, inputs[0], acts[0].detach(), grads[0].detach(),
+                       rival[0].detach())
 
     def components(self, a: Tensor, g_target: Tensor, g_rival: Tensor) -> Tensor:
         """E = diag(w_t) (C+ AND NOT C-) A for activations ``a`` (N x C x ...) and the

@@ -17,7 +17,7 @@ and one backward in all), while plain CAMs call it like any weighting.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from captum._utils.gradient import compute_layer_gradients_and_eval
@@ -25,6 +25,7 @@ from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
 from ..propagation.rules import safe_divide
+from ..propagation.tokens import on_grid
 
 
 class GradientWeighting:
@@ -41,7 +42,14 @@ class GradientWeighting:
                  additional_forward_args: Any = None) -> Tensor:
         grads, acts = compute_layer_gradients_and_eval(
             forward_func, layer, inputs, target, additional_forward_args)
-        return self.components(acts[0].detach(), grads[0].detach())
+        return self.in_layout(acts[0].detach(), grads[0].detach(), inputs[0])
+
+    def in_layout(self, a: Tensor, g: Tensor, image: Tensor,
+                  grids: Collection[tuple[int, int]] = ()) -> Tensor:
+        """The components for a layer of any layout (a transformer's token grid: computed on
+        the channels-first grid, returned in the layer's layout; ``grids``: the model's
+        spatial sizes, see :mod:`..propagation.tokens`)."""
+        return on_grid(self.components, image, a, g, grids=grids)
 
     def __repr__(self) -> str:
         return f"GradientWeighting({self.name!r})"

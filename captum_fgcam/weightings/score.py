@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .._batching import take, take_all
 from ..propagation.rules import safe_divide
+from ..propagation.tokens import on_grid
 
 
 def channel_masks_score_cam(acts: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -89,7 +90,14 @@ class ScoreCamWeighting:
                         inputs: tuple[Tensor, ...], target: TargetType,
                         additional_forward_args: Any = None) -> Tensor:
         """The components for the CAM layer's activation ``acts`` of ``inputs`` (FG-CAM
-        passes the one it recorded): N x C masked forward passes."""
+        passes the one it recorded): N x C masked forward passes. A transformer's token grid
+        is masked as the grid it is (:mod:`..propagation.tokens`)."""
+        return on_grid(lambda grid: self._components(forward_func, grid, inputs, target,
+                                                     additional_forward_args), inputs[0], acts)
+
+    def _components(self, forward_func: Callable[..., Any], acts: Tensor,
+                    inputs: tuple[Tensor, ...], target: TargetType,
+                    additional_forward_args: Any) -> Tensor:
         if len(inputs) != 1:
             raise ValueError("Score-CAM masks a single image input; got "
                              f"{len(inputs)} input tensors")
