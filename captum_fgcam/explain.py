@@ -150,12 +150,22 @@ def _classification_models() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def _drawn_heads(model: nn.Module) -> nn.Module:
+    """Random weights for linear layers initialised to zero (torchvision's ViT head): with
+    them every score would be the same constant and every map zero."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and not bool(module.weight.any()):
+            with torch.no_grad():
+                nn.init.normal_(module.weight, std=0.02)
+    return model
+
+
 def _torchvision_model(name: str, weights: str | None) -> LoadedModel:
     if weights is None:
         print(f"WARNING: {name} has RANDOM weights (no --weights given): the maps show how the "
               "methods work, not what a trained model looks at. Pass --weights DEFAULT for "
               "pretrained weights.", file=sys.stderr)
-        return LoadedModel(torchvision.models.get_model(name, weights=None),
+        return LoadedModel(_drawn_heads(torchvision.models.get_model(name, weights=None)),
                            f"{name}, RANDOM WEIGHTS", Preprocessing())
     enum = torchvision.models.get_model_weights(name)
     try:

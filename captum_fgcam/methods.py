@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam
+from captum.attr import GuidedBackprop, GuidedGradCam
 from torch import Tensor, nn
 
 from .attr import (
@@ -29,6 +29,7 @@ from .attr import (
     SGLRP,
     ConceptorCam,
     FGCam,
+    GradCam,
     GradCamPlusPlus,
     HiResCam,
     LayerCam,
@@ -37,7 +38,8 @@ from .attr import (
     XGradCam,
 )
 from .attr.refine import find_refine_layers
-from .propagation import find_cam_layer, find_input_layer
+from .propagation import TokenLayout, find_cam_layer, find_input_layer
+from .propagation.graph import record_example
 
 INPUT = "input"
 
@@ -123,9 +125,13 @@ def _guided(fine_grained: bool) -> Builder:
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
         if not fine_grained:
-            guided = GuidedGradCam(model, model.get_submodule(find_cam_layer(model, example)))
+            cam_layer = find_cam_layer(model, example)
+            if example is not None:  # refused before any map is computed
+                _refuse_token_grid(model, cam_layer, example)
+            guided = GuidedGradCam(model, model.get_submodule(cam_layer))
 
             def explain(x: Tensor, t: Tensor) -> Tensor:
+                _refuse_token_grid(model, cam_layer, x)
                 with _quiet_relu_hooks():
                     return guided.attribute(x, t, interpolate_mode="bilinear").sum(
                         dim=1, keepdim=True).detach()
@@ -141,9 +147,20 @@ def _guided(fine_grained: bool) -> Builder:
     return build
 
 
+def _refuse_token_grid(model: nn.Module, layer: str, x: Tensor) -> None:
+    """Captum's ``GuidedGradCam`` sums a layer's axis 1 as channels; refuse a token grid."""
+    cap = record_example(model, x[:1])
+    value = cap.values[cap.calls[layer][0].output]
+    if TokenLayout.of(value, x, cap.grids) != TokenLayout():
+        raise MethodError(
+            f"Guided Grad-CAM (Captum's GuidedGradCam) reads {layer!r} as channels-first, but "
+            f"{type(model).__name__} keeps its tokens channels-last there (shape "
+            f"{tuple(value.shape)}); use Guided FG-Grad-CAM, or Grad-CAM (which reshapes)")
+
+
 _SCORE_COST = "one forward pass per channel of the CAM layer per image (512 on VGG16)"
 _CAMS = [  # (name, plain class, FG weighting, aliases, cost)
-    ("Grad-CAM", LayerGradCam, "grad_cam", (), None),
+    ("Grad-CAM", GradCam, "grad_cam", (), None),
     ("HiResCAM", HiResCam, "hires_cam", (), None),
     ("Grad-CAM++", GradCamPlusPlus, "grad_cam++", ("Grad-CAM-pp", "Grad-CAM-plus-plus"), None),
     ("XGrad-CAM", XGradCam, "xgrad_cam", (), None),

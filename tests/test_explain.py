@@ -333,9 +333,19 @@ def test_figure_text_never_overlaps():
             assert not (overlap[0] > 1 and overlap[1] > 1), (a, b)
 
 
-def test_a_vision_transformer_is_refused_before_any_figure(image, tmp_path, capsys):
-    out = tmp_path / "vit.png"
-    assert explain(image, "--model", "vit_b_16", "--out", out) == 2
-    line = error_line(capsys)
-    assert "attention" in line and "cannot be explained" in line
-    assert not out.exists()
+def test_a_vision_transformer_is_explained_at_its_stages(image, tmp_path, capsys):
+    """The zoo's Swin: maps at a stage (its channels-last tokens as a 12 x 12 grid) and the
+    pixels; Captum's Guided Grad-CAM, which cannot read a token grid, refused first."""
+    out, saved = tmp_path / "swin.png", tmp_path / "swin.pt"
+    assert explain(image, "--model", "scenes-swin", "--method", "fg-grad-cam", "--method",
+                   "grad-cam", "--method", "lrp", "--layer", "stages.1", "--layer", "input",
+                   "--out", out, "--maps", saved, "--no-progress") == 0
+    maps = torch.load(saved, weights_only=True)["maps"]
+    assert maps["FG-Grad-CAM"]["stages.1"].shape[-2:] == (12, 12)
+    assert maps["Grad-CAM"]["stages.1"].shape[-2:] == (12, 12)
+    assert maps["LRP"]["input"].shape[-2:] == (96, 96)
+    assert all(torch.isfinite(m).all() for row in maps.values() for m in row.values())
+    refused = tmp_path / "guided.png"
+    assert explain(image, "--model", "scenes-swin", "--method", "guided grad-cam", "--out",
+                   refused) == 2
+    assert "channels-last" in error_line(capsys) and not refused.exists()

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..datasets import Scenes
 from ..training import InterpretableGradientLoss
 from .architectures import scenes_resnet, scenes_vgg16bn, scenes_vgg16bn_fc_wall, scenes_wall
+from .swin import scenes_swin
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -24,6 +25,8 @@ class Entry:
     scenes: dict = field(default_factory=dict)
     #: the training loss for a model: (model) -> ((logits' input, labels) -> loss); None: CE
     loss: Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]] | None = None
+    #: AdamW's peak learning rate (one-cycle schedule)
+    lr: float = 3e-3
 
 
 _ZOO: dict[str, Entry] = {
@@ -36,6 +39,8 @@ _ZOO: dict[str, Entry] = {
                                loss=lambda model: InterpretableGradientLoss(model, subset=8)),
     # the harder benchmark: 128 px, small objects, heavy clutter (Scenes.HARD)
     "scenes-hard": Entry(scenes_vgg16bn, Scenes.HARD),
+    # a hierarchical vision transformer (Swin's layout) on the default scenes
+    "scenes-swin": Entry(scenes_swin, lr=1.5e-3),
 }
 
 

@@ -22,6 +22,7 @@ from .registry import _entry, checkpoint_path, load_model, scenes
 DEFAULTS: dict[str, tuple[int, int]] = {
     "scenes-vgg16bn": (12, 8000), "scenes-resnet": (5, 30000), "scenes-wall": (12, 8000),
     "scenes-fc-wall": (12, 8000), "scenes-vgg16bn-ig": (12, 8000), "scenes-hard": (16, 20000),
+    "scenes-swin": (14, 20000),
 }
 
 
@@ -93,7 +94,7 @@ def train(name: str, epochs: int, train_size: int, test_size: int = 1000,
               f"{time.perf_counter() - start:.0f} s", flush=True)
 
     make_loss = _entry(name).loss
-    fit(model, train_x, train_y, epochs, seed=seed, on_epoch=report,
+    fit(model, train_x, train_y, epochs, lr=_entry(name).lr, seed=seed, on_epoch=report,
         loss_fn=None if make_loss is None else make_loss(model))
     out = out or checkpoint_path(name)
     out.parent.mkdir(parents=True, exist_ok=True)
