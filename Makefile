@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench benchmark faithfulness figures clean
+.PHONY: demo test lint bench benchmark faithfulness transformer figures clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -49,6 +49,13 @@ faithfulness: $(STAMP)
 	    --methods $(FAITHFUL) --no-progress --out docs/benchmark/faithfulness/rise/$$out; \
 	done
 	$(PY) benchmarks/faithfulness.py
+
+# The transformers issue's table: the zoo's Swin at every stage and the input (about 15 min).
+transformer: $(STAMP)
+	$(VENV)/bin/captum-fgcam benchmark --model scenes-swin --images 100 \
+	  --layers stages.2 stages.1 stages.0 input --methods Grad-CAM Layer-CAM HiResCAM RefineCAM \
+	  FG-Grad-CAM FG-Grad-CAM-D FG-Grad-CAM-DM LRP --no-progress \
+	  --out docs/benchmark/transformer/scenes-swin
 
 # The figures in docs/ (README): the demo and three explain figures of one held-out scene.
 EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress
