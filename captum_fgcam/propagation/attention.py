@@ -43,18 +43,25 @@ def _kind(node: fx.Node) -> str | None:
     return None
 
 
-def is_attention_weights(node: fx.Node, seen: dict[fx.Node, bool] | None = None) -> bool:
+def is_attention_weights(node: fx.Node) -> bool:
     """Whether ``node`` is computed from softmax outputs (and constants) alone: a softmax,
     reshaped, dropped out, mixed across heads (CaiT's talking heads), gated and renormalised
-    (ConViT), but never touching an activation except through a softmax."""
-    seen = {} if seen is None else seen
-    if node not in seen:
-        seen[node] = False  # (a value never depends on itself; this only ends the search)
-        if node.op == "call_function" and ops.op_name(node.target) == ops.SOFTMAX:
-            seen[node] = True
-        elif node.op in ("call_function", "call_module") and node.all_input_nodes:
-            seen[node] = all(is_attention_weights(a, seen) for a in node.all_input_nodes)
-    return seen[node]
+    (ConViT), but never touching an activation except through a softmax. The walk back stops
+    at softmaxes and ends at the first source that is not one (the image), so a query or key
+    costs one path, not its whole history."""
+    seen, todo = {node}, [node]
+    while todo:
+        current = todo.pop()
+        if current.op == "call_function" and ops.op_name(current.target) == ops.SOFTMAX:
+            continue
+        inputs = current.all_input_nodes
+        if current.op not in ("call_function", "call_module") or not inputs:
+            return False
+        for other in inputs:
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return True
 
 
 def _value_operand(node: fx.Node) -> fx.Node | None:
