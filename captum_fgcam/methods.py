@@ -129,9 +129,13 @@ def _guided(fine_grained: bool) -> Builder:
             if example is not None:  # refused before any map is computed
                 _refuse_token_grid(model, cam_layer, example)
             guided = GuidedGradCam(model, model.get_submodule(cam_layer))
+            checked = example is not None
 
             def explain(x: Tensor, t: Tensor) -> Tensor:
-                _refuse_token_grid(model, cam_layer, x)
+                nonlocal checked
+                if not checked:  # once, on the first batch
+                    _refuse_token_grid(model, cam_layer, x)
+                    checked = True
                 with _quiet_relu_hooks():
                     return guided.attribute(x, t, interpolate_mode="bilinear").sum(
                         dim=1, keepdim=True).detach()
