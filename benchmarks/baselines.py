@@ -22,7 +22,7 @@ from timing import median_time
 from torch import nn
 
 from captum_fgcam import LRP, EpsilonRule, ScoreCam, ZPlusRule, ZRule
-from captum_fgcam.propagation.presets import SUMS
+from captum_fgcam.propagation import FedByInput, Kind
 
 
 def score_cam_rows(name: str, x: torch.Tensor, target: list[int], batch_size: int
@@ -62,7 +62,8 @@ def lrp_rows(x: torch.Tensor, target: torch.Tensor) -> list[tuple[str, Callable[
         if isinstance(m, nn.ReLU):
             m.inplace = False
     ours = LRP(model, model.features[0], rules={
-        nn.Conv2d: ZPlusRule(1e-6), nn.Linear: EpsilonRule(1e-6), SUMS: ZRule(1e-6)})
+        (FedByInput(), nn.Conv2d): ZPlusRule(1e-6), nn.Linear: EpsilonRule(1e-6),
+        Kind("sum"): ZRule(1e-6)})
     rows = [("captum-fgcam LRP", lambda: ours.attribute(x, target,
                                                          attribute_to_layer_input=True))]
     from captum.attr import LRP as CaptumLRP

@@ -39,7 +39,7 @@ from .attr import (
 )
 from .attr.refine import find_refine_layers
 from .propagation import TokenLayout, find_cam_layer, find_input_layer
-from .propagation.graph import record_example
+from .propagation.layers import record_example
 
 INPUT = "input"
 

@@ -278,7 +278,7 @@ def test_normalising_inside_equals_normalising_outside_and_front_modules_keep_z_
     # the first convolution keeps z^B behind the normalisation, identity and dropout
     fg = FGGradCam(inside, "conv1", cam_layer="conv3")
     span = fg.upsampler.span(fg.upsampler.capture((raw,)), attribute_to_layer_input=True)
-    assert isinstance(next(r for n, r in span.rules.items() if n.target == "conv1"), ZBoxRule)
+    assert isinstance(next(s.rule for n, s in span.steps.items() if n.target == "conv1"), ZBoxRule)
 
 
 class Unknown(nn.Module):

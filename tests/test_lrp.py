@@ -13,6 +13,7 @@ from conftest import image_batch, make_vgg
 from torch import nn
 
 from captum_fgcam import CLRP, LRP, SGLRP
+from captum_fgcam.propagation import FedByInput
 
 
 def tiny():
@@ -92,7 +93,8 @@ def test_lrp_equals_captum_lrp_with_matching_rules():
     x = image_batch(2, 64, 64, seed=5)
     target = model(x).argmax(dim=1)
     ours = LRP(model, model.features[0], rules={
-        (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d): EpsilonRule()}).attribute(
+        (FedByInput(), nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d):
+        EpsilonRule()}).attribute(
         x, target, attribute_to_layer_input=True, attr_dim_summation=False)
     theirs = CaptumLRP(copy.deepcopy(model)).attribute(x, target=target)
     assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()

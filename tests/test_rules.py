@@ -14,7 +14,7 @@ from torch import nn
 
 from captum_fgcam import FGGradCam, FineGrainedUpsampler, PassRule, ZBoxRule
 from captum_fgcam.propagation import EpsilonRule as OurEpsilonRule
-from captum_fgcam.propagation import find_input_layer, resolve_rules
+from captum_fgcam.propagation import FedByInput, find_input_layer, resolve_rules
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ LINEAR_AND_POOLS = (nn.Conv2d, nn.Linear, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
 def test_captum_rules_match_captum_lrp(vgg11, conv_rule):
     x = image_batch(2, 64, 64, seed=5)
     target = vgg11(x).argmax(dim=1)
-    rules = {nn.Conv2d: conv_rule or EpsilonRule(), LINEAR_AND_POOLS: EpsilonRule()}
+    rules = {(FedByInput(), nn.Conv2d): conv_rule or EpsilonRule(), LINEAR_AND_POOLS: EpsilonRule()}
     assert_close(our_lrp(vgg11, x, target, rules), captum_lrp(vgg11, x, target,
                                                                 conv_rule=conv_rule))
 
@@ -168,8 +168,8 @@ def test_a_constant_zero_gate_passes_no_relevance_and_the_image_rule_looks_throu
     assert find_input_layer(model, x) == "front"
     up = FineGrainedUpsampler(model, model.features[3], model.front)
     span = up.span(up.capture((x,)), attribute_to_layer_input=True)
-    first = next(n for n in span.rules if n.target == "features.0")
-    assert isinstance(span.rules[first], ZBoxRule)
+    first = next(n for n in span.steps if n.target == "features.0")
+    assert isinstance(span.steps[first].rule, ZBoxRule)
     image = FGGradCam(model, "front").attribute(x, target=1, attribute_to_layer_input=True)
     behind = FGGradCam(model, "features.0").attribute(x, target=1,
                                                        attribute_to_layer_input=True)

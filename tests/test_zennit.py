@@ -13,7 +13,7 @@ from zennit.composites import EpsilonPlus
 from zennit.torchvision import ResNetCanonizer
 
 from captum_fgcam import LRP, EpsilonRule, ZPlusRule, ZRule
-from captum_fgcam.propagation.presets import Kind
+from captum_fgcam.propagation import FedByInput, Function, Kind
 
 
 def zennit_lrp(model, x, target, canonizers):
@@ -31,8 +31,9 @@ def zennit_lrp(model, x, target, canonizers):
 
 def our_lrp(model, x, target, first):
     """The same rules in our engine's LRP: BatchNorm folded into the convolution before it."""
-    rules = {nn.Conv2d: ZPlusRule(1e-6, fallback=False),
-             nn.Linear: EpsilonRule(1e-6, zero_bias=True), (Kind("sum"), "add"): ZRule(1e-6)}
+    rules = {(FedByInput(), nn.Conv2d): ZPlusRule(1e-6, fallback=False),
+             nn.Linear: EpsilonRule(1e-6, set_bias_to_zero=True),
+             (Kind("sum"), Function("add")): ZRule(1e-6)}
     return LRP(model, first, rules=rules, fold_batchnorm=True).attribute(
         x, target, attribute_to_layer_input=True, attr_dim_summation=False)
 

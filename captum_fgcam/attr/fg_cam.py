@@ -39,7 +39,7 @@ from .._batching import each, finished, take, take_all
 from .._state import preserved_state
 from ..denoising import svd_denoise
 from ..propagation.capture import scores_of, unwrap
-from ..propagation.graph import LayerRef, cam_layer_in, require_module, resolve_module
+from ..propagation.layers import LayerRef, cam_layer_in, require_module, resolve_module
 from ..propagation.presets import RuleMap
 from ..propagation.tokens import on_grid
 from ..propagation.upsampler import FineGrainedUpsampler

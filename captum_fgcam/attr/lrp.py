@@ -31,10 +31,11 @@ from torch import Tensor, nn
 from .._batching import each, finished
 from .._state import preserved_state
 from ..propagation.capture import unwrap
-from ..propagation.graph import LayerRef, producing_module, require_module, resolve_module
+from ..propagation.core import safe_divide
+from ..propagation.layers import LayerRef, producing_module, require_module, resolve_module
 from ..propagation.presets import RuleMap
-from ..propagation.rules import LinearView, safe_divide
 from ..propagation.upsampler import FineGrainedUpsampler
+from ..propagation.views import NegatedRows
 from .validation import as_target, check_inputs, check_target
 
 
@@ -52,24 +53,6 @@ def _one_hot(logits: Tensor, target: TargetType) -> Tensor:
     n, classes = logits.shape[0], logits.shape[1]
     index = torch.as_tensor(target, device=logits.device).reshape(-1).expand(n)
     return torch.nn.functional.one_hot(index, classes).to(logits.dtype)
-
-
-class NegatedRows(LinearView):
-    """The output layer with the rows of ``classes`` negated (CLRP's virtual class)."""
-
-    def __init__(self, layer: nn.Module, classes: Tensor) -> None:
-        self.layer = layer
-        self.classes = classes
-
-    @property
-    def weight(self) -> Tensor:
-        w = self.layer.weight.detach().clone()
-        w[self.classes] = -w[self.classes]
-        return w
-
-    @property
-    def bias(self) -> Tensor | None:
-        return None
 
 
 class LRP(LayerAttribution):
@@ -128,7 +111,8 @@ class LRP(LayerAttribution):
             output_layer = up.from_name or producing_module(cap, span.start)
             starts = self.initial_relevances(logits, target)
             views = self.views(target, logits, output_layer)
-            maps = [up.propagate(span, r0, v) for r0, v in zip(starts, views, strict=True)]
+            maps = [up.propagate(span.substituted(v), r0)
+                    for r0, v in zip(starts, views, strict=True)]
         relevance = self.combine(maps)
         return each(lambda r: finished(r, attr_dim_summation, relu_attributions), relevance)
 

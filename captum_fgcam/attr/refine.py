@@ -32,7 +32,7 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..propagation.capture import Capture, unwrap
-from ..propagation.graph import (
+from ..propagation.layers import (
     LayerRef,
     cam_layer_in,
     qualified_name,

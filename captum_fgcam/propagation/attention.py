@@ -12,10 +12,10 @@ not propagate through it.
   (attention weights, parameters), and of two activations (AttnLRP's uniform rule).
 - :class:`AttentionRule`: the fused kernels ``F.scaled_dot_product_attention`` and
   ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``), decomposed into their value
-  path: value projection, A v, output projection.
-- :func:`relevance_inputs`: which operands of a recorded operation relevance flows to (the
-  gates and divisors of :class:`~.rules.ArithmeticRule` receive none, nor do attention weights
-  and the queries and keys of fused attention).
+  path of ordinary operations: value projection, A v (A constant), output projection, each
+  crossed with the rule the rule map gives that operation.
+Which operands are constant (attention weights, queries and keys) is a graph fact
+(:func:`.graph.relevance_inputs`); the rules here see it as ``Call.live``.
 """
 
 from __future__ import annotations
@@ -24,83 +24,12 @@ import inspect
 from collections.abc import Callable
 
 import torch
-import torch.fx as fx
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import ops
-from .rules import Call, FunctionalLinear, Rule, safe_divide, vector_jacobian
-
-
-def _kind(node: fx.Node) -> str | None:
-    """The operation table's kind of a recorded function or module call."""
-    if node.op == "call_function":
-        return ops.kind_of(node.target)
-    if node.op == "call_module":
-        _, module_type = node.meta["nn_module_stack"][str(node.target)]
-        return next((kind for types, kind in ops.KINDS_BY_MODULE
-                     if issubclass(module_type, types)), None)
-    return None
-
-
-def is_attention_weights(node: fx.Node) -> bool:
-    """Whether ``node`` is computed from softmax outputs (and constants) alone: a softmax,
-    reshaped, dropped out, mixed across heads (CaiT's talking heads), gated and renormalised
-    (ConViT), but never touching an activation except through a softmax. The walk back stops
-    at softmaxes and ends at the first source that is not one (the image), so a query or key
-    costs one path, not its whole history."""
-    seen, todo = {node}, [node]
-    while todo:
-        current = todo.pop()
-        if current.op == "call_function" and ops.op_name(current.target) == ops.SOFTMAX:
-            continue
-        inputs = current.all_input_nodes
-        if current.op not in ("call_function", "call_module") or not inputs:
-            return False
-        for other in inputs:
-            if other not in seen:
-                seen.add(other)
-                todo.append(other)
-    return True
-
-
-def _value_operand(node: fx.Node) -> fx.Node | None:
-    value = node.args[2] if len(node.args) > 2 else node.kwargs.get("value")
-    return value if isinstance(value, fx.Node) else None
-
-
-def relevance_inputs(values: dict[fx.Node, object], node: fx.Node) -> list[fx.Node]:
-    """The operands of ``node`` that relevance flows to (the others only scale or select)."""
-    args = node.all_input_nodes
-    if node.op != "call_function" or len(args) < 2:
-        return args
-    name, kind = ops.op_name(node.target), _kind(node)
-    if kind == ops.ATTENTION:
-        value = _value_operand(node)
-        return [] if value is None else [value]
-    if kind == ops.PRODUCT:
-        weights = [a for a in args if is_attention_weights(a)]
-        return [a for a in args if a not in weights] if 0 < len(weights) < len(args) else args
-    if name in ("mul", "div"):
-        shape = values[node].shape  # type: ignore[attr-defined]
-        full = [a for a in args
-                if isinstance(values[a], Tensor) and values[a].shape == shape]  # type: ignore[attr-defined]
-        if name == "mul":  # the signal (or both halves of a gated unit), not a gate
-            return full if len(full) == len(args) == 2 else full[:1]
-        return args[:1]
-    return args
-
-
-def relevance_path(values: dict[fx.Node, object], start: fx.Node) -> set[fx.Node]:
-    """The nodes relevance can reach from ``start``: its ancestors through
-    :func:`relevance_inputs`."""
-    seen, todo = {start}, [start]
-    while todo:
-        for other in relevance_inputs(values, todo.pop()):
-            if other not in seen:
-                seen.add(other)
-                todo.append(other)
-    return seen
+from .core import Call, Rule, safe_divide, vector_jacobian
+from .views import FunctionalLinear
 
 
 def _split(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -193,12 +122,10 @@ class AttentionRule(Rule):
 
     ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``):
     y = W_o concat_h(A_h (x_v W_v^T + b_v)_h) + b_o; relevance crosses the output projection
-    and the value projection with ``linear`` (the rule map's rule for linear layers) and
+    and the value projection with the rule the rule map gives the module's ``out_proj`` (an
+    ``nn.Linear``; ``F.linear``'s rule when called outside ``nn.MultiheadAttention``), and
     A_h v_h with :class:`ProductRule`; only the ``value`` input receives relevance.
     """
-
-    def __init__(self, linear: Rule) -> None:
-        self.linear = linear
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         if isinstance(relevance, tuple):  # (output, attention weights): the output's share
@@ -256,9 +183,10 @@ class AttentionRule(Rule):
             v = F.linear(seq, w_v, b_v)
             v_heads = v.unflatten(-1, (heads, e // heads)).permute(1, 2, 0, 3)  # N x h x S x d
             o = (weights @ v_heads).permute(2, 0, 1, 3).flatten(2)  # L x N x E
+        linear = _projection_rule(call)
         out_proj = FunctionalLinear(F.linear, (None, a["out_proj_weight"], a["out_proj_bias"]),
                                     {})
-        r_o = self.linear.propagate(Call(out_proj, (o,)), r_out)[0]
+        r_o = linear.propagate(Call(out_proj, (o,)), r_out)[0]
         assert r_o is not None
         r_heads = r_o.unflatten(-1, (heads, e // heads)).permute(1, 2, 0, 3)
         r_v = ProductRule().propagate(Call(torch.matmul, (weights, v_heads), live=(False, True)),
@@ -266,6 +194,16 @@ class AttentionRule(Rule):
         assert r_v is not None
         r_v = r_v.permute(2, 0, 1, 3).flatten(2)  # S x N x E
         v_proj = FunctionalLinear(F.linear, (None, w_v, b_v), {})
-        r_value = self.linear.propagate(Call(v_proj, (seq,)), r_v)[0]
+        r_value = linear.propagate(Call(v_proj, (seq,)), r_v)[0]
         assert r_value is not None
         return r_value if batched else r_value.squeeze(1)
+
+
+def _projection_rule(call: Call) -> Rule:
+    """The rule map's rule for the projections of ``nn.MultiheadAttention`` (that of its
+    ``out_proj``), or for ``F.linear`` where the call ran outside such a module."""
+    if call.rule_for is None:
+        raise ValueError("AttentionRule for nn.MultiheadAttention runs inside the engine, "
+                         "which gives it the rule map's rule for the projections")
+    out_proj = getattr(call.scope, "out_proj", None)
+    return call.rule_for(out_proj if isinstance(out_proj, nn.Linear) else F.linear)

@@ -1,129 +1,91 @@
 """Rule maps: *where* each rule applies, and the named presets.
 
-A :class:`RuleMap` is an ordered list of (selector, rule) pairs; the first selector that
-matches an operation decides its rule. Selectors are
+A :class:`RuleMap` is a list of (selector, rule) entries (:mod:`.selectors`). The rule of an
+operation is that of the first matching entry, where entries that name one operation
+(:class:`~.selectors.Module`, :class:`~.selectors.Node`) come first, then the first-layer
+slot (:class:`~.selectors.FedByInput`), then the rest in order; so ``{nn.Conv2d: rule}``
+changes every convolution but the first layer, and ``{FedByInput(): rule}`` changes that one.
 
-- a module type (``nn.Conv2d``): modules that are instances of it;
-- a module object (``model.features[0]``) or its dotted name (``"features.0"``): that module
-  is then one operation, whatever it runs inside;
-- a function (``F.batch_norm``, ``torch.flatten``) or its name (``"view"``, ``"add"``): every
-  call of it, as function or tensor method; or a node's name in the captured graph
-  (``"add_3"``);
-- a :class:`Selector` object for anything else (:class:`FedByInput`, :class:`Kind`).
-
-Rules may be ours (:mod:`captum_fgcam.propagation.rules`) or Captum's LRP rule objects.
+Rules may be ours (:mod:`.rules`, :mod:`.attention`) or Captum's LRP rule objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from captum.attr._utils.lrp_rules import PropagationRule
 from torch import nn
 
 from . import ops
 from .attention import AttentionRule, ProductRule
-from .ops import op_name
+from .captum_lrp import from_captum
+from .core import Rule
 from .rules import (
     ArithmeticRule,
     EpsilonRule,
     PassRule,
     RoutingRule,
-    Rule,
     SignAwareZRule,
     WinnerTakeAllRule,
     ZBoxRule,
     ZPlusRule,
     ZRule,
-    from_captum,
 )
+from .selectors import AnyOf, FedByInput, Kind, Module, Selector, Site, as_selector
 
 
-@dataclass(frozen=True)
-class Site:
-    """One recorded operation, as selectors see it."""
-
-    op: nn.Module | Callable[..., Any]
-    name: str | None  # dotted module name for module calls
-    node_name: str  # the node's name in the captured graph ("add_3")
-    fed_by_input: bool  # the first linear operation on the image's path
-    op_name: str = ""  # canonical function name ("relu", "add"); a module's type name
-    kind: str | None = None  # its kind in the operation table (:mod:`.ops`)
-
-
-class Selector:
-    """Base class for selectors that are predicates on a :class:`Site`."""
-
-    def matches(self, site: Site) -> bool:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class FedByInput(Selector):
-    """The first linear operation on the image's path (whatever routing, element-wise or
-    affine operations sit in front of it), optionally only of module ``types``."""
-
-    types: tuple[type, ...] = ()
-
-    def matches(self, site: Site) -> bool:
-        return site.fed_by_input and (not self.types or isinstance(site.op, self.types))
-
-
-@dataclass(frozen=True)
-class Kind(Selector):
-    """Operations of one kind of the operation table (:data:`ops.KINDS_BY_NAME`)."""
-
-    kind: str
-
-    def matches(self, site: Site) -> bool:
-        return site.kind == self.kind
-
-
-def _matches(selector: Any, site: Site) -> bool:
-    if isinstance(selector, tuple):
-        return any(_matches(s, site) for s in selector)
-    if isinstance(selector, Selector):
-        return selector.matches(site)
-    if isinstance(selector, type):
-        return isinstance(site.op, selector)
-    if isinstance(selector, nn.Module):
-        return site.op is selector
-    if isinstance(selector, str):
-        return selector in (site.name, site.node_name, site.op_name)
-    if callable(selector) and not isinstance(site.op, nn.Module):
-        return selector is site.op or op_name(selector) == site.op_name
-    return False
-
-
-def _explicit(selector: Any, module: nn.Module, name: str) -> bool:
-    """Whether ``selector`` names this module itself (object, or dotted name)."""
-    if isinstance(selector, tuple):
-        return any(_explicit(s, module, name) for s in selector)
-    return selector is module or selector == name
+def _precedence(selector: Selector) -> int:
+    if isinstance(selector, AnyOf):
+        return min(_precedence(s) for s in selector.selectors)
+    return 0 if selector.explicit else 1 if isinstance(selector, FedByInput) else 2
 
 
 class RuleMap:
-    """An ordered (selector, rule) list; the first match wins."""
+    """(selector, rule) entries; see the module docstring for which entry wins."""
 
-    def __init__(self, entries: Sequence[tuple[Any, Rule | PropagationRule]]) -> None:
-        self.entries: list[tuple[Any, Rule]] = [(s, from_captum(r)) for s, r in entries]
+    def __init__(self, entries: Sequence[tuple[Any, Any]],
+                 module_names: frozenset[str] | None = None) -> None:
+        self.entries: list[tuple[Any, Rule]] = [(key, from_captum(r)) for key, r in entries]
+        self._module_names = module_names
+        selectors = [(as_selector(key, module_names), rule) for key, rule in self.entries]
+        self._ordered = sorted(selectors, key=lambda entry: _precedence(entry[0]))
+
+    def bind(self, model: nn.Module) -> RuleMap:
+        """This map for ``model``: a string key names a module where the model has one of
+        that dotted name, else a function."""
+        return RuleMap(self.entries, frozenset(name for name, _ in model.named_modules()))
 
     def rule_for(self, site: Site) -> Rule | None:
-        for selector, rule in self.entries:
-            if _matches(selector, site):
+        for selector, rule in self._ordered:
+            if selector.matches(site):
                 return rule
         return None
 
     def names_module(self, module: nn.Module, name: str) -> bool:
-        """Whether an entry selects this module object or its name (then it is one
-        operation, whatever it runs inside)."""
-        return any(_explicit(selector, module, name) for selector, _ in self.entries)
+        """Whether an entry selects this module itself (then it is one operation, whatever
+        it runs inside)."""
+        site = Site.of(module, name)
+        return any(isinstance(s, Module) and s.matches(site) for s, _ in self._ordered)
 
-    def updated(self, overrides: Mapping[Any, Rule | PropagationRule]) -> RuleMap:
-        """A new map where ``overrides`` take precedence over this map's entries."""
-        return RuleMap(list(overrides.items()) + list(self.entries))
+    def is_leaf(self, module: nn.Module, name: str) -> bool:
+        """Whether the capture records ``module`` as one operation: a built-in ``torch.nn``
+        module without submodules that this map has a rule for, or one it names."""
+        if self.names_module(module, name):
+            return True
+        builtin = type(module).__module__.startswith("torch.nn.")
+        if not builtin or next(module.children(), None) is not None:
+            return False
+        probe = Site.of(module, name, name)
+        return probe.kind != ops.UNSUPPORTED and self.rule_for(probe) is not None
+
+    def reads_values(self, op: Any) -> bool:
+        """Whether the rule for a module or function reads its input values (unknown: yes)."""
+        rule = self.rule_for(Site.of(op))
+        return rule is None or rule.reads_values
+
+    def updated(self, overrides: Mapping[Any, Any]) -> RuleMap:
+        """A new map whose entries are ``overrides`` before this map's."""
+        return RuleMap(list(overrides.items()) + list(self.entries), self._module_names)
 
     def __repr__(self) -> str:
         return f"RuleMap({self.entries!r})"
@@ -134,7 +96,7 @@ def _common(linear: Rule, sums: Rule, pools: Rule, conserve: bool = True
     return [(Kind(ops.PASS), PassRule()), (Kind(ops.ROUTE), RoutingRule()),
             (Kind(ops.ARITHMETIC), ArithmeticRule(conserve)), (Kind(ops.MAX), pools),
             (Kind(ops.SUM), sums), (Kind(ops.LINEAR), linear),
-            (Kind(ops.PRODUCT), ProductRule()), (Kind(ops.ATTENTION), AttentionRule(linear))]
+            (Kind(ops.PRODUCT), ProductRule()), (Kind(ops.ATTENTION), AttentionRule())]
 
 
 def _reference() -> RuleMap:
@@ -185,7 +147,9 @@ def resolve_rules(rules: None | str | RuleMap | Mapping[Any, Any]) -> RuleMap:
     """Turn a ``rules`` argument into a :class:`RuleMap`.
 
     None -> the "conserving" preset (the default); a string -> that preset; a mapping -> its
-    entries take precedence over the default preset (``{nn.Conv2d: EpsilonRule(1e-6)}``).
+    entries take precedence over the default preset's (``{nn.Conv2d: EpsilonRule(1e-6)}``;
+    the first layer keeps z^B unless the mapping has a ``FedByInput()`` or ``Module`` entry
+    for it).
     """
     if rules is None:
         return _conserving()

@@ -2,16 +2,23 @@ r"""The engine: propagate per-channel relevance from a deep layer down to a shal
 
 Given components E (N x C x h x w) at the output of ``from_layer``, the upsampler walks the
 captured graph (:mod:`.capture`) backwards from that output to ``to_layer``, applying at each
-operation the rule its :class:`RuleMap` selects:  R^{(in)} = rule(R^{(out)}),  starting from
-R = E. Where a value feeds several operations, the relevances coming back from them are summed.
-Each rule is linear in R, so all C channels (and all N images) move in one pass, never one
-channel at a time.
+operation the rule its :class:`~.presets.RuleMap` selects:  R^{(in)} = rule(R^{(out)}),
+starting from R = E. Where a value feeds several operations, the relevances coming back from
+them are summed. Each rule is linear in R, so all C channels (and all N images) move in one
+pass, never one channel at a time.
+
+Before any propagation, :meth:`FineGrainedUpsampler.span` reads the graph facts
+(:mod:`.graph`) and chooses every rule; a span's operations may then be seen through views
+(:meth:`Span.substituted`: BatchNorm folding, CLRP's virtual class), the one way the engine
+substitutes parameters. The engine owns the memory layout: a rule reads recorded 4-D values
+in the layout of the relevance it receives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,32 +29,31 @@ from torch import Tensor, nn
 from .._batching import each, finished
 from .._state import preserved_state
 from . import ops
-from .attention import relevance_inputs, relevance_path
 from .capture import Capture, capture, item_of, unwrap, where_non_finite
+from .core import Call, Rule
 from .graph import (
+    ancestors,
+    descendants,
+    first_linear,
+    input_validity,
+    relevance_inputs,
+    relevance_path,
+    site,
+)
+from .layers import (
     LayerError,
     LayerRef,
-    ancestors,
-    leaf_test,
+    Rules,
     module_inputs,
     module_output,
     qualified_name,
-    reachable,
     require_module,
-    site,
 )
-from .presets import RuleMap, Site, resolve_rules
-from .rules import (
-    LINEAR_LAYERS,
-    Call,
-    FunctionalLinear,
-    PassRule,
-    Rule,
-    WithBatchNorm,
-    ZBoxRule,
-    ZPlusRule,
-)
+from .presets import resolve_rules
+from .rules import PassRule
+from .selectors import Site
 from .tokens import as_grid
+from .views import LINEAR_LAYERS, FunctionalLinear, LinearView, WithBatchNorm
 
 
 class MissingRuleError(TypeError):
@@ -62,42 +68,40 @@ def flat_args(node: fx.Node) -> list[Any]:
     return flat
 
 
-def _channels_last(values: dict[fx.Node, Any]) -> Callable[[fx.Node], Any]:
-    """Look up recorded values, turning 4-D tensors into the channels-last memory format.
+@dataclass(frozen=True)
+class Step:
+    """One operation of a span: its rule, what the rule sees as the operation (the module,
+    the function, or a view), and the graph facts the rule's :class:`~.core.Call` carries."""
 
-    Relevance moves channels-last (the layout convolutions run fastest in on CPU), so rules
-    that ask for it (:attr:`Rule.channels_last`) read recorded values in the same layout:
-    element-wise arithmetic between tensors of different layouts is slow. Each value is
-    converted once and kept converted (only the layout changes, not the values).
-    """
-    def value(node: fx.Node) -> Any:
-        v = values[node]
-        if isinstance(v, Tensor) and v.dim() == 4 \
-                and not v.is_contiguous(memory_format=torch.channels_last):
-            v = values[node] = v.contiguous(memory_format=torch.channels_last)
-        return v
-
-    return value
+    rule: Rule
+    op: Any
+    live: tuple[bool, ...]
+    valid: Tensor | None
+    scope: nn.Module | None
 
 
 @dataclass
 class Span:
     """The operations between a start node (where components live) and the stop nodes (where
     relevance is returned: a layer's output, or its tensor inputs) in one capture, with the
-    rule chosen for each."""
+    step chosen for each."""
 
     capture: Capture
     start: fx.Node
     stops: tuple[fx.Node, ...]
-    rules: dict[fx.Node, Rule]
-    ops: dict[fx.Node, Any]  # what each rule sees as the operation (module, view, function)
-    #: per product or fused attention: the operands that receive no relevance (attention
-    #: weights, queries and keys: constants to the rule)
-    frozen: dict[fx.Node, set[fx.Node]] = field(default_factory=dict)
+    steps: dict[fx.Node, Step]
+    rule_for: Any  # the rule map's lookup, for rules of fused operations
 
     def activation(self) -> Any:
         """The recorded value at the start (the CAM layer's output, or the logits)."""
         return self.capture.values[self.start]
+
+    def substituted(self, views: Mapping[str, LinearView]) -> Span:
+        """This span with the modules named in ``views`` seen through those views."""
+        steps = {node: dataclasses.replace(step, op=views[str(node.target)])
+                 if node.op == "call_module" and str(node.target) in views else step
+                 for node, step in self.steps.items()}
+        return dataclasses.replace(self, steps=steps)
 
 
 class FineGrainedUpsampler:
@@ -115,8 +119,8 @@ class FineGrainedUpsampler:
         from_layer: module (or dotted name) where the components live (its output); None:
             the model's output (the class scores).
         to_layer: module (or dotted name) where relevance is returned.
-        rules: None (reference rules), a preset name, a :class:`RuleMap`, or a dict
-            ``{module type / module / name / function: rule}`` overriding the reference rules;
+        rules: None (the conserving preset), a preset name, a :class:`~.presets.RuleMap`, or
+            a dict ``{selector: rule}`` (:mod:`.selectors`) overriding the conserving preset;
             Captum's ``EpsilonRule``, ``GammaRule``, ``Alpha1_Beta0_Rule``, ``IdentityRule``
             are accepted.
         fold_batchnorm: treat each convolution or linear layer followed by BatchNorm as one
@@ -132,8 +136,7 @@ class FineGrainedUpsampler:
     """
 
     def __init__(self, model: nn.Module, from_layer: LayerRef | None, to_layer: LayerRef,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 fold_batchnorm: bool = False) -> None:
+                 rules: Rules = None, fold_batchnorm: bool = False) -> None:
         require_module(model)
         self.model = model
         self.module = unwrap(model)
@@ -141,9 +144,8 @@ class FineGrainedUpsampler:
         self.from_name = (None if from_layer is None
                           else qualified_name(self.module, from_layer))
         self.to_name = qualified_name(self.module, to_layer)
-        self.rules = resolve_rules(rules)
+        self.rules = resolve_rules(rules).bind(self.module)
         self.fold_batchnorm = fold_batchnorm
-        self._is_leaf = leaf_test(self.rules)
 
     # -- recording ---------------------------------------------------------------------
     def capture(self, inputs: Sequence[Tensor], additional_forward_args: Any = None,
@@ -151,17 +153,8 @@ class FineGrainedUpsampler:
         """Run the model once on ``inputs`` and record what propagation needs (with
         ``grad_from``: an autograd graph from that module's output to the scores)."""
         extra = _format_additional_forward_args(additional_forward_args) or ()
-        return capture(self.module, tuple(inputs), extra, self._is_leaf, self._reads_values,
-                       grad_from)
-
-    def _reads_values(self, op: Any) -> bool:
-        """Whether the rule for a module or function reads its input values (unknown: yes)."""
-        if isinstance(op, nn.Module):
-            where = Site(op, None, "", False, type(op).__name__, ops.kind_of(op))
-        else:
-            where = Site(op, None, "", False, ops.op_name(op), ops.kind_of(op))
-        rule = self.rules.rule_for(where)
-        return rule is None or rule.reads_values
+        return capture(self.module, tuple(inputs), extra, self.rules.is_leaf,
+                       self.rules.reads_values, grad_from)
 
     def span(self, cap: Capture, attribute_to_layer_input: bool = False,
              from_name: str | None = None) -> Span:
@@ -185,75 +178,65 @@ class FineGrainedUpsampler:
                 f"layer {self.to_name!r} does not feed {where} (it sits on a side branch); "
                 "its map would be all zero. Choose a layer on the path to it")
         first = min(stops, key=cap.position.__getitem__)
-        on_path = relevance_path(cap.values, start) & set().union(*map(_descendants, stops))
-        first_linear = _first_linear(cap, self.module)
-        rules: dict[fx.Node, Rule] = {}
-        targets: dict[fx.Node, Any] = {}
-        frozen: dict[fx.Node, set[fx.Node]] = {}
-        folded, norms = self._fold_batchnorm(cap, on_path) if self.fold_batchnorm else ({}, set())
+        on_path = relevance_path(cap.values, start) & set().union(*map(descendants, stops))
+        fed_by_input = first_linear(cap, self.module)
+        steps: dict[fx.Node, Step] = {}
         for node in cap.nodes[cap.position[first] + 1:cap.position[start] + 1]:
             if node not in on_path or node.target is item_of or node in stops:
                 continue
-            where_site = site(cap, self.module, node, node in first_linear)
-            rule = PassRule() if node in norms else self.rules.rule_for(where_site)
+            where_site = site(cap, self.module, node, node in fed_by_input)
+            rule = self.rules.rule_for(where_site)
             if rule is None:
                 raise MissingRuleError(_missing_rule_message(cap, node, where_site))
-            if isinstance(rule, ZBoxRule) and node in first_linear:
-                valid = _pixels(cap, self.module, node)
-                rule = rule if valid is None else rule.within(valid)
-            elif isinstance(rule, ZPlusRule) and \
-                    (valid := _padded(cap, self.module, node)) is not None:
-                rule = rule.within(valid)
-            rules[node] = rule
-            targets[node] = folded.get(node) or _operation(where_site.op, node, cap)
-            if where_site.kind in (ops.PRODUCT, ops.ATTENTION):
-                frozen[node] = set(node.all_input_nodes) - set(relevance_inputs(cap.values, node))
-        return Span(cap, start, stops, rules, targets, frozen)
+            constant = (set(node.all_input_nodes) - set(relevance_inputs(cap.values, node))
+                        if where_site.kind in (ops.PRODUCT, ops.ATTENTION) else set())
+            steps[node] = Step(
+                rule, _operation(where_site.op, node, cap),
+                tuple(isinstance(a, fx.Node) and a not in constant for a in flat_args(node)),
+                input_validity(cap, self.module, node, node in fed_by_input)
+                if where_site.kind == ops.LINEAR else None,
+                _scope(self.module, node))
+        span = Span(cap, start, stops, steps, self._rule_for)
+        return self._fold_batchnorm(span) if self.fold_batchnorm else span
+
+    def _rule_for(self, op: Any) -> Rule:
+        """The rule map's rule for a module or function outside the recorded graph."""
+        name = next((n for n, m in self.module.named_modules() if m is op), None)
+        where = Site.of(op, name)
+        rule = self.rules.rule_for(where)
+        if rule is None:
+            raise MissingRuleError(f"no relevance rule for {where.op_name} (inside a fused "
+                                   "operation)")
+        return rule
 
     # -- propagation ---------------------------------------------------------------------
     def propagate(self, span: Span, components: Tensor,
-                  views: Mapping[str, Any] | None = None,
                   grid: bool = True) -> Tensor | tuple[Tensor, ...]:
         """Relevance at the stop nodes of ``span`` for ``components`` at its start (a tensor,
         or a tuple for several stops; a stop that is also an ancestor of another keeps only
         the relevance that reaches it directly).
 
-        ``views`` maps module names to :class:`LinearView` objects that rules see instead of
-        those modules (CLRP's virtual class). ``grid``: relevance at a transformer's token grid
-        comes back as a channels-first grid (default), or in the layer's own layout with its
-        prefix tokens (the class token's share; :mod:`.tokens`).
+        ``grid``: relevance at a transformer's token grid comes back as a channels-first grid
+        (default), or in the layer's own layout with its prefix tokens (the class token's
+        share; :mod:`.tokens`).
         """
-        return self.propagate_with_taps(span, components, (), views, grid)[0]
+        return self.propagate_with_taps(span, components, (), grid)[0]
 
     def propagate_with_taps(self, span: Span, components: Tensor, taps: Sequence[str],
-                            views: Mapping[str, Any] | None = None, grid: bool = True
+                            grid: bool = True
                             ) -> tuple[Tensor | tuple[Tensor, ...], list[Tensor]]:
         """:meth:`propagate`, also returning the relevance that passes through the outputs of
         the modules named in ``taps`` on the way (each between the start and the stops; the
         start's is ``components``), in the order given: one propagation for maps at several
         resolutions."""
         cap = span.capture
-        tap_nodes = [module_output(cap, name) for name in taps]
-        outside = [name for name, node in zip(taps, tap_nodes, strict=True)
-                   if not any(cap.position[stop] < cap.position[node] for stop in span.stops)
-                   or cap.position[node] > cap.position[span.start]]
-        if outside:
-            raise LayerError(f"cannot tap {outside}: relevance passes only through modules "
-                             "between the CAM layer and the layer of the map")
-        tapped: dict[fx.Node, Tensor] = {}
-        views = views or {}
-        values = span.capture.values
-        expected = values[span.start].shape
-        if components.shape != expected:
-            raise ValueError(
-                f"components have shape {tuple(components.shape)} but the start of the "
-                f"propagation has shape {tuple(expected)}; give one value per element of that "
-                "output (e.g. LayerGradCam(..., attr_dim_summation=False))")
-        if not bool(torch.isfinite(components).all()):
-            raise ValueError("the CAM components contain NaN or Inf: "
-                             f"{where_non_finite(span.capture, self.module)}")
+        tap_nodes = _tap_nodes(span, taps)
+        values = cap.values
+        _check_components(span, components, self.module)
         relevance: dict[fx.Node, Any] = {span.start: components.detach()}
         found: dict[fx.Node, Tensor] = {}
+        tapped: dict[fx.Node, Tensor] = {}
+        layouts = _Layouts(values)
         first = min(span.stops, key=cap.position.__getitem__)
         for node in reversed(cap.nodes[cap.position[first]:cap.position[span.start] + 1]):
             r_out = relevance.pop(node, None)
@@ -271,23 +254,16 @@ class FineGrainedUpsampler:
                 slots = relevance.setdefault(parent, [None] * len(values[parent]))
                 slots[index] = r_out if slots[index] is None else slots[index] + r_out
                 continue
-            rule = span.rules.get(node)
-            if rule is None:  # a branch the layer does not feed: its share is not the layer's
+            step = span.steps.get(node)
+            if step is None:  # a branch the layer does not feed: its share is not the layer's
                 continue
             if isinstance(r_out, list):
                 r_out = tuple(None if not isinstance(v, Tensor) else
                               torch.zeros_like(v) if r is None else r
                               for r, v in zip(r_out, values[node], strict=True))
-            op = views.get(str(node.target)) if node.op == "call_module" else None
-            value = _channels_last(values) if rule.channels_last else values.__getitem__
-            args = fx.node.map_arg(node.args, value)
-            if isinstance(span.ops[node], FunctionalLinear) and op is None:
-                args = args[:1]
-            flat = flat_args(node)
-            constants = span.frozen.get(node, set())
-            call = Call(op or span.ops[node], args, fx.node.map_arg(dict(node.kwargs), value),
-                        tuple(isinstance(a, fx.Node) and a not in constants for a in flat))
-            for arg, r_in in zip(flat, rule.propagate(call, r_out), strict=False):
+            call = _call(node, step, layouts.like(r_out), span)
+            for arg, r_in in zip(flat_args(node), step.rule.propagate(call, r_out),
+                                 strict=False):
                 if isinstance(arg, fx.Node) and r_in is not None:
                     relevance[arg] = relevance[arg] + r_in if arg in relevance else r_in
         image = values[cap.image]  # maps at a token grid come back channels-first
@@ -313,25 +289,87 @@ class FineGrainedUpsampler:
         return each(lambda m: finished(m, attr_dim_summation, False), r)
 
     # -- helpers -------------------------------------------------------------------------
-    def _fold_batchnorm(self, cap: Capture, on_path: set[fx.Node]
-                        ) -> tuple[dict[fx.Node, WithBatchNorm], set[fx.Node]]:
-        """Linear layers whose only consumer is a BatchNorm, seen together with it: the
-        linear nodes' folded views, and the BatchNorm nodes (which then pass relevance)."""
-        folded: dict[fx.Node, WithBatchNorm] = {}
-        norms: set[fx.Node] = set()
-        for node in cap.nodes:
-            if node.op != "call_module" or node not in on_path:
+    def _fold_batchnorm(self, span: Span) -> Span:
+        """Linear layers whose only consumer is a BatchNorm, seen together with it (a
+        :class:`WithBatchNorm` view); the BatchNorm then passes relevance on."""
+        views: dict[str, LinearView] = {}
+        steps = dict(span.steps)
+        for node, step in span.steps.items():
+            if node.op != "call_module":
                 continue
             norm = self.module.get_submodule(str(node.target))
             producer = node.args[0] if node.args else None
             if (isinstance(norm, nn.modules.batchnorm._BatchNorm)
                     and isinstance(producer, fx.Node) and producer.op == "call_module"
-                    and len(producer.users) == 1):
+                    and len(producer.users) == 1 and producer in steps):
                 layer = self.module.get_submodule(str(producer.target))
                 if isinstance(layer, LINEAR_LAYERS):
-                    folded[producer] = WithBatchNorm(layer, norm)
-                    norms.add(node)
-        return folded, norms
+                    views[str(producer.target)] = WithBatchNorm(layer, norm)
+                    steps[node] = dataclasses.replace(step, rule=PassRule())
+        return dataclasses.replace(span, steps=steps).substituted(views)
+
+
+class _Layouts:
+    """Recorded values in the layout of the relevance a rule receives: a 4-D value is read
+    channels-last where the relevance is (convolution rules return it so; element-wise
+    arithmetic between tensors of different layouts is slow). Each value is converted once,
+    in place of the recorded one (only the layout changes, not the values)."""
+
+    def __init__(self, values: dict[fx.Node, Any]) -> None:
+        self.values = values
+
+    def like(self, relevance: Any) -> Any:
+        channels_last = (isinstance(relevance, Tensor) and relevance.dim() == 4
+                         and not relevance.is_contiguous()
+                         and relevance.is_contiguous(memory_format=torch.channels_last))
+        return self._channels_last if channels_last else self.values.__getitem__
+
+    def _channels_last(self, node: fx.Node) -> Any:
+        v = self.values[node]
+        if isinstance(v, Tensor) and v.dim() == 4 \
+                and not v.is_contiguous(memory_format=torch.channels_last):
+            v = self.values[node] = v.contiguous(memory_format=torch.channels_last)
+        return v
+
+
+def _call(node: fx.Node, step: Step, value: Any, span: Span) -> Call:
+    """The :class:`~.core.Call` a rule sees for ``node``: recorded values, facts, view."""
+    args = fx.node.map_arg(node.args, value)
+    if isinstance(step.op, FunctionalLinear):
+        args = args[:1]  # the weights and options live in the view
+    return Call(step.op, args, fx.node.map_arg(dict(node.kwargs), value), step.live,
+                step.valid, step.scope, span.rule_for)
+
+
+def _tap_nodes(span: Span, taps: Sequence[str]) -> list[fx.Node]:
+    cap = span.capture
+    nodes = [module_output(cap, name) for name in taps]
+    outside = [name for name, node in zip(taps, nodes, strict=True)
+               if not any(cap.position[stop] < cap.position[node] for stop in span.stops)
+               or cap.position[node] > cap.position[span.start]]
+    if outside:
+        raise LayerError(f"cannot tap {outside}: relevance passes only through modules "
+                         "between the CAM layer and the layer of the map")
+    return nodes
+
+
+def _check_components(span: Span, components: Tensor, model: nn.Module) -> None:
+    expected = span.activation().shape
+    if components.shape != expected:
+        raise ValueError(
+            f"components have shape {tuple(components.shape)} but the start of the "
+            f"propagation has shape {tuple(expected)}; give one value per element of that "
+            "output (e.g. LayerGradCam(..., attr_dim_summation=False))")
+    if not bool(torch.isfinite(components).all()):
+        raise ValueError("the CAM components contain NaN or Inf: "
+                         f"{where_non_finite(span.capture, model)}")
+
+
+def _scope(model: nn.Module, node: fx.Node) -> nn.Module | None:
+    """The innermost module ``node`` ran inside (None: the model's own forward)."""
+    stack = [name for name in node.meta.get("nn_module_stack", {}) if name != str(node.target)
+             or node.op != "call_module"]
+    return model.get_submodule(stack[-1]) if stack else None
 
 
 def _output_node(cap: Capture) -> fx.Node:
@@ -340,82 +378,6 @@ def _output_node(cap: Capture) -> fx.Node:
         raise LayerError("the model's output (the class scores) is not computed from its "
                          "input; there is nothing to explain")
     return node.args[0]
-
-
-def _descendants(node: fx.Node) -> set[fx.Node]:
-    return reachable(node, lambda n: n.users)
-
-
-def _first_linear(cap: Capture, module: nn.Module) -> set[fx.Node]:
-    """Linear operations on the image's path with no linear operation before them (whatever
-    element-wise, routing or affine operations sit in front): where z^B applies."""
-    after_linear: dict[fx.Node, bool] = {}
-    from_image: dict[fx.Node, bool] = {}
-    first: set[fx.Node] = set()
-    for node in cap.nodes:
-        inputs = node.all_input_nodes
-        from_image[node] = node is cap.image or any(from_image.get(a, False) for a in inputs)
-        after_linear[node] = any(after_linear.get(a, False) for a in inputs)
-        if node.op in ("call_module", "call_function") and from_image[node]:
-            if site(cap, module, node, False).kind == ops.LINEAR:
-                if not after_linear[node] and _signal_from_image(node, from_image):
-                    first.add(node)
-                after_linear[node] = True
-    return first
-
-
-def _pixels(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
-    """Which elements of ``node``'s input are pixels of the image, where routing operations
-    (zero padding, cropping, reshapes) sit between the image and it; None when every element
-    is (or it cannot be told)."""
-    masks: dict[fx.Node, Tensor] = {cap.image: torch.ones_like(cap.values[cap.image],
-                                                               dtype=torch.bool)}
-    signal = node.args[0] if node.args else None
-    chain = []
-    while isinstance(signal, fx.Node) and signal is not cap.image:
-        chain.append(signal)
-        live = signal.all_input_nodes
-        signal = live[0] if len(live) == 1 else None
-    if signal is not cap.image:
-        return None
-    for link in reversed(chain):
-        source = link.all_input_nodes[0]
-        if ops.kind_of(_callable(model, link)) == ops.ROUTE:
-            masks[link] = _routed(cap, model, link, masks[source])
-        else:  # element-wise or affine: the same elements (in a fresh layout, as they return)
-            masks[link] = masks[source].contiguous()
-    mask = masks[chain[0]] if chain else None
-    return None if mask is None or bool(mask.all()) else mask
-
-
-def _callable(model: nn.Module, node: fx.Node) -> Any:
-    return model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
-
-
-def _routed(cap: Capture, model: nn.Module, node: fx.Node, mask: Tensor) -> Tensor:
-    """A routing operation applied to a 0/1 mask of its (single) activation input."""
-    source = node.all_input_nodes[0]
-    args = fx.node.map_arg(node.args, lambda n: mask.float() if n is source else cap.values[n])
-    return _callable(model, node)(*args, **node.kwargs).bool()
-
-
-def _padded(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
-    """For a linear operation right behind zero padding (``F.pad``, ``nn.ZeroPad2d``):
-    which input elements are not padding."""
-    signal = node.args[0] if node.args else None
-    if not (isinstance(signal, fx.Node) and signal.op in ("call_function", "call_module")
-            and len(signal.all_input_nodes) == 1):
-        return None
-    op = _callable(model, signal)
-    if not (isinstance(op, nn.modules.padding._ConstantPadNd) or ops.op_name(op) == "pad"):
-        return None
-    source = cap.values[signal.all_input_nodes[0]]
-    return _routed(cap, model, signal, torch.ones_like(source, dtype=torch.bool))
-
-
-def _signal_from_image(node: fx.Node, from_image: dict[fx.Node, bool]) -> bool:
-    signal = node.args[0] if node.args else None
-    return isinstance(signal, fx.Node) and from_image.get(signal, False)
 
 
 def _operation(op: Any, node: fx.Node, cap: Capture) -> Any:

@@ -24,7 +24,7 @@ from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
-from ..propagation.rules import safe_divide
+from ..propagation.core import safe_divide
 from ..propagation.tokens import on_grid
 
 

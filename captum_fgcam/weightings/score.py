@@ -38,7 +38,7 @@ from captum.attr import LayerActivation
 from torch import Tensor, nn
 
 from .._batching import take, take_all
-from ..propagation.rules import safe_divide
+from ..propagation.core import safe_divide
 from ..propagation.tokens import on_grid
 
 
