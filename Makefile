@@ -62,7 +62,8 @@ transformer: $(STAMP)
 	  FG-Grad-CAM FG-Grad-CAM-D FG-Grad-CAM-DM LRP --no-progress \
 	  --out docs/benchmark/transformer/scenes-swin
 
-# The figures in docs/ (README): the demo and three explain figures of one held-out scene.
+# The figures in docs/ (README, docs/command-line.md): the demo and three explain figures of one
+# held-out scene.
 EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress
 figures: $(STAMP)
 	$(PY) -m captum_fgcam.demo --out docs/demo.png

@@ -109,6 +109,16 @@ def test_the_readme_has_runnable_snippets_and_marks_are_rare():
     assert len(marked) <= len(runnable) // 4, [f"{_rel(b.page)}:{b.line}" for b in marked]
 
 
+def test_the_snippet_finder_reads_fences_and_marks(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("# t\n\n```python\na = 1\n```\n\n<!-- not-run: needs weights -->\n\n"
+                    "````python\nb = 2\n```\nc = 3\n````\n\n```bash\nls\n```\n")
+    blocks = python_blocks(page)
+    assert [(b.line, b.code, b.not_run) for b in blocks] == [
+        (4, "a = 1", None), (10, "b = 2\n```\nc = 3", "needs weights")]
+    assert [n for n, _ in prose(page)] == [1, 2, 6, 7, 8, 14]
+
+
 def test_not_run_marks_sit_before_a_python_block():
     """A mark anywhere else (a typo, a block moved away from it) would hide nothing."""
     misplaced = []
