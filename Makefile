@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench benchmark faithfulness transformer figures clean
+.PHONY: demo test docs lint bench benchmark faithfulness transformer figures clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check captum_fgcam tests benchmarks
 	$(PY) -m pytest -q
+
+# docs/api.md, the API reference, from the public names' docstrings (tests/test_docs.py fails
+# while the committed file differs from what this writes).
+docs: $(STAMP)
+	$(PY) docs/generate_api.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
@@ -57,7 +62,8 @@ transformer: $(STAMP)
 	  FG-Grad-CAM FG-Grad-CAM-D FG-Grad-CAM-DM LRP --no-progress \
 	  --out docs/benchmark/transformer/scenes-swin
 
-# The figures in docs/ (README): the demo and three explain figures of one held-out scene.
+# The figures in docs/ (README, docs/command-line.md): the demo and three explain figures of one
+# held-out scene.
 EXPLAIN := $(VENV)/bin/captum-fgcam explain docs/explain/scene.png --model scenes-vgg16bn --no-progress
 figures: $(STAMP)
 	$(PY) -m captum_fgcam.demo --out docs/demo.png
