@@ -1,0 +1,13 @@
+"""User errors of the ``captum-fgcam`` commands: one line on stderr, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """A mistake in a command's arguments or inputs, reported as one line."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """``err``'s message on one line, cut after ``limit`` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + " ..."
