@@ -32,9 +32,6 @@ import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are saved, not shown  # noqa: E402
-
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
