@@ -22,11 +22,11 @@ from torch import Tensor, nn
 
 from .attr.validation import CONVOLUTIONS
 from .images import IMAGE_SUFFIXES, image_files, image_suffixes, load_images
-from .loading import load_model, parse_device, suggest
+from .loading import load_model, parse_device
 from .methods import INPUT, METHODS, explainers, resolve
 from .outputs import check_outputs, written
 from .propagation import PRESETS, find_cam_layer
-from .usage import UsageError
+from .usage import UsageError, suggest
 from .visualization import DPI, SCALES, UPSAMPLING, plot_grid
 
 MAP_SUFFIXES = (".pt", ".npz")

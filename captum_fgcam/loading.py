@@ -8,7 +8,6 @@ architecture ``arch``), or a :mod:`captum_fgcam.zoo` name. Mistakes raise
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 from . import zoo
 from .datasets import Scenes
 from .images import Preprocessing
-from .usage import UsageError, one_line
+from .usage import UsageError, one_line, suggest
 
 
 @dataclass
@@ -33,12 +32,6 @@ class LoadedModel:
     label: str  # for titles: the name, and "RANDOM WEIGHTS" where that holds
     preprocessing: Preprocessing
     categories: Sequence[str] | None = None
-
-
-def suggest(name: str, names: Sequence[str]) -> str:
-    """"; did you mean a, b?" for the names close to ``name``, else ""."""
-    close = difflib.get_close_matches(name, names, n=3)
-    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def classification_models() -> list[str]:
@@ -75,9 +68,6 @@ def torchvision_model(name: str, weights: str | None) -> LoadedModel:
     """torchvision's model ``name`` in eval mode with ``weights`` (a weights name or DEFAULT;
     None: random weights)."""
     if weights is None:
-        print(f"WARNING: {name} has RANDOM weights (no --weights given): the maps show how the "
-              "methods work, not what a trained model looks at. Pass --weights DEFAULT for "
-              "pretrained weights.", file=sys.stderr)
         model = _drawn_heads(torchvision.models.get_model(name, weights=None))
         return LoadedModel(model.eval(), f"{name}, RANDOM WEIGHTS", Preprocessing())
     enum = torchvision.models.get_model_weights(name)
@@ -152,6 +142,10 @@ def load_model(name: str, weights: str | None = None, arch: str | None = None) -
         raise UsageError("--arch applies to a checkpoint file (the architecture of its "
                          "state_dict); a model name says it already")
     if name in classification_models():
+        if weights is None:
+            print(f"WARNING: {name} has RANDOM weights (no --weights given): the maps show how "
+                  "the methods work, not what a trained model looks at. Pass --weights DEFAULT "
+                  "for pretrained weights.", file=sys.stderr)
         return torchvision_model(name, weights)
     if name not in zoo.names():
         raise UsageError(

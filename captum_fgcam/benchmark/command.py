@@ -15,11 +15,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import metrics, zoo
-from ..loading import classification_models, parse_device, suggest, torchvision_model, zoo_model
+from ..loading import classification_models, parse_device, torchvision_model, zoo_model
 from ..methods import METHODS, PAPER_METHODS, get_method
 from ..outputs import check_outputs
 from ..propagation import PRESETS
-from ..usage import UsageError
+from ..usage import UsageError, suggest
 from .data import ImageNetVal, SceneItems
 from .runner import Settings, describe, run, write_tables
 
