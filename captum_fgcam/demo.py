@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import matplotlib
 import torch
 
 from captum_fgcam import zoo
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index", type=int, default=3, help="which held-out scene to show")
     parser.add_argument("--images", type=int, default=8, help="scenes for the metrics table")
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # the figure is saved, never shown
     start = time.perf_counter()
     model = zoo.load_model(MODEL)
     scenes = zoo.scenes(MODEL, "test", length=max(args.images, args.index + 1))

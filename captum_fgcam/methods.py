@@ -62,10 +62,9 @@ class Method:
     build: Builder
     at_layers: bool  # maps at intermediate layers
     at_input: bool  # maps at the image
-    relu: bool  # maps are ReLU'd (plain CAMs, as in their papers); otherwise signed
+    relu: bool  # maps are >= 0: ReLU'd (plain CAMs, as in their papers) or [0, 1] scores
     aliases: tuple[str, ...] = ()
     benchmarked_at_layers: bool = True  # the paper reports LRP at the input only
-    cost: str = "one forward and one backward pass per batch"
     scores: bool = False  # normalised [0, 1] scores (a product of maps), not relevance
 
     def supports(self, layer: str) -> bool:
@@ -76,12 +75,15 @@ class Method:
                 (False, True): "at the input only"}[self.at_layers, self.at_input]
 
 
-def _plain(make: Callable[[nn.Module, nn.Module], object]) -> Builder:
+def _plain(name: str, make: Callable[[nn.Module, nn.Module], object],
+           aliases: tuple[str, ...]) -> Method:
+    """A plain CAM, at layers only, ReLU'd as in its paper (``relu_attributions=method.relu``)."""
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
         cam = make(model, model.get_submodule(layer))
-        return lambda x, t: cam.attribute(x, t, relu_attributions=True).detach()
-    return build
+        return lambda x, t: cam.attribute(x, t, relu_attributions=method.relu).detach()
+    method = Method(name, "CAM", build, True, False, True, aliases)
+    return method
 
 
 def _fine_grained(weighting: str, denoise: bool, multiscale: bool = False) -> Builder:
@@ -162,45 +164,35 @@ def _refuse_token_grid(model: nn.Module, layer: str, x: Tensor) -> None:
             f"{tuple(value.shape)}); use Guided FG-Grad-CAM, or Grad-CAM (which reshapes)")
 
 
-_SCORE_COST = "one forward pass per channel of the CAM layer per image (512 on VGG16)"
-_CAMS = [  # (name, plain class, FG weighting, aliases, cost)
-    ("Grad-CAM", GradCam, "grad_cam", (), None),
-    ("HiResCAM", HiResCam, "hires_cam", (), None),
-    ("Grad-CAM++", GradCamPlusPlus, "grad_cam++", ("Grad-CAM-pp", "Grad-CAM-plus-plus"), None),
-    ("XGrad-CAM", XGradCam, "xgrad_cam", (), None),
-    ("Score-CAM", ScoreCam, "score_cam", (), _SCORE_COST),
-    ("Layer-CAM", LayerCam, "layer_cam", (), None),
-    ("Conceptor-CAM", ConceptorCam, "conceptor", (), "three forward and two backward passes"),
+_CAMS = [  # (name, plain class, FG weighting, aliases)
+    ("Grad-CAM", GradCam, "grad_cam", ()),
+    ("HiResCAM", HiResCam, "hires_cam", ()),
+    ("Grad-CAM++", GradCamPlusPlus, "grad_cam++", ("Grad-CAM-pp", "Grad-CAM-plus-plus")),
+    ("XGrad-CAM", XGradCam, "xgrad_cam", ()),
+    ("Score-CAM", ScoreCam, "score_cam", ()),
+    ("Layer-CAM", LayerCam, "layer_cam", ()),
+    ("Conceptor-CAM", ConceptorCam, "conceptor", ()),
 ]
 
 
 def _registry() -> dict[str, Method]:
     methods = []
-    for name, plain, weighting, aliases, cost in _CAMS:
-        extra = {"cost": cost} if cost else {}
-        methods.append(Method(name, "CAM", _plain(plain), True, False, True, aliases, **extra))
+    for name, plain, weighting, aliases in _CAMS:
+        methods.append(_plain(name, plain, aliases))
         fine = tuple(f"FG-{a}" for a in aliases)
         methods.append(Method(f"FG-{name}", "FG-CAM", _fine_grained(weighting, False), True,
-                              True, False, fine, **extra))
+                              True, False, fine))
         methods.append(Method(f"FG-{name}-D", "FG-CAM", _fine_grained(weighting, True), True,
-                              True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine)),
-                              **extra))
+                              True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine))))
         methods.append(Method(f"FG-{name}-DM", "FG-CAM", _fine_grained(weighting, True, True),
                               True, True, True, (f"FG-{name}-multiscale",
-                                                 *(f"{a}-DM" for a in fine)), scores=True,
-                              **extra))
-    methods.append(Method("RefineCAM", "CAM", _refine, True, True, True,
-                          cost="one forward and one backward pass per layer multiplied",
-                          scores=True))
-    methods.append(Method("Guided Grad-CAM", "guided", _guided(False), False, True, False,
-                          cost="two forward and two backward passes"))
-    methods.append(Method("Guided FG-Grad-CAM", "guided", _guided(True), False, True, False,
-                          cost="two forward and two backward passes"))
+                                                 *(f"{a}-DM" for a in fine)), scores=True))
+    methods.append(Method("RefineCAM", "CAM", _refine, True, True, True, scores=True))
+    methods.append(Method("Guided Grad-CAM", "guided", _guided(False), False, True, False))
+    methods.append(Method("Guided FG-Grad-CAM", "guided", _guided(True), False, True, False))
     for name, cls in (("LRP", LRP), ("CLRP", CLRP), ("SGLRP", SGLRP)):
         methods.append(Method(name, "LRP", _lrp(cls), True, True, False,
-                              benchmarked_at_layers=False,
-                              cost="one forward pass and one relevance pass per batch"
-                              + (" (two for CLRP, SGLRP)" if name != "LRP" else "")))
+                              benchmarked_at_layers=False))
     return {m.name: m for m in methods}
 
 

@@ -32,9 +32,6 @@ import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are saved, not shown  # noqa: E402
-
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
@@ -131,24 +128,13 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     image size and ``dpi``); ``cmap``: a matplotlib colour map name; ``scores``: rows of
     normalised scores (module docstring).
     """
-    if sign not in SIGNS:
-        raise ValueError(f"sign must be one of {SIGNS}; got {sign!r}")
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
-    if method not in ("blended_heat_map", "heat_map"):
-        raise ValueError(f"method must be 'blended_heat_map' or 'heat_map'; got {method!r}")
+    _check_choices(sign, scale, method)
     rows = list(maps)
     cols = list(dict.fromkeys(c for r in rows for c in maps[r]))
     size = tuple(image.shape[:2])
     colour_map = plt.get_cmap(cmap or CMAPS[sign])
     own = {row for row in rows if scale == "map" or row in scores}  # each map on its own scale
-    values = {(row, col): (to_image_map(maps[row][col], size, mode)[..., 0] if row in own
-                           else _density(maps[row][col], size, mode))
-              for row in rows for col in cols if col in maps[row]}
-    if sign == "positive":
-        values = {key: np.maximum(v, 0) for key, v in values.items()}
-    values = {key: v / s if key[0] in own and (s := map_scale(v)) > 0 else v
-              for key, v in values.items()}
+    values = _panel_values(maps, cols, size, mode, sign, own)
     norms = _norms(values, rows, own, sign)
     inches = _cell_inches(size, cell, dpi)
     font = 9 * max(1.0, inches / 2.5)  # points; grows with large panels
@@ -158,43 +144,78 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     grid = fig.add_gridspec(len(rows), len(cols) + 2,
                             width_ratios=[1.0] * (len(cols) + 1) + [0.06])
     grey = image.mean(axis=2) if image.ndim == 3 else image
-    blended = method == "blended_heat_map"
     for i, row in enumerate(rows):
-        first = fig.add_subplot(grid[i, 0])
-        first.set_axis_off()
-        if i == 0:
-            first.imshow(image, interpolation="nearest")
-            first.set_axis_on()
-            first.set_xticks([])
-            first.set_yticks([])
-            first.set_title("image", fontsize=font)
+        _image_panel(fig.add_subplot(grid[i, 0]), image if i == 0 else None, font)
         for j, col in enumerate(cols):
             ax = fig.add_subplot(grid[i, j + 1])
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(textwrap.fill(col, label_width), fontsize=font)
-            if j == 0:
-                ax.set_ylabel(textwrap.fill(row, label_width), fontsize=font,
-                              fontweight="bold")
+            _label(ax, col if i == 0 else None, row if j == 0 else None, label_width, font)
             if (row, col) not in values:
                 ax.imshow(np.ones(size), cmap="gray", vmin=0, vmax=1)
                 ax.text(0.5, 0.5, "no map here", transform=ax.transAxes, fontsize=font * 0.9,
                         ha="center", va="center", color="0.4")
                 continue
-            _overlay(ax, grey, values[row, col], norms[row], colour_map, blended)
-            if row not in own:  # the signed total, conserved by FG-CAM
-                total = float(maps[row][col].sum())
-                if abs(total) < 1e-6 * float(maps[row][col].abs().sum()):
-                    total = 0.0  # round-off of a zero-sum map (denoised FG-CAM)
-                ax.text(0.03, 0.03, f"ΣR = {total:.3g}", transform=ax.transAxes,
-                        fontsize=font * 0.8,
-                        va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5,
-                                           "edgecolor": "none"})
+            _overlay(ax, grey, values[row, col], norms[row], colour_map,
+                     method == "blended_heat_map")
+            if row not in own:
+                _total(ax, maps[row][col], font)
     _colour_bars(fig, grid, rows, norms, colour_map, scale, own, font * 0.8)
     if title:
         fig.suptitle(textwrap.fill(title, label_width * (len(cols) + 1)), fontsize=font * 1.1)
     return fig
+
+
+def _check_choices(sign: str, scale: str, method: str) -> None:
+    if sign not in SIGNS:
+        raise ValueError(f"sign must be one of {SIGNS}; got {sign!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}; got {scale!r}")
+    if method not in ("blended_heat_map", "heat_map"):
+        raise ValueError(f"method must be 'blended_heat_map' or 'heat_map'; got {method!r}")
+
+
+def _panel_values(maps: Mapping[str, Mapping[str, Tensor]], cols: Sequence[str],
+                  size: tuple[int, int], mode: str, sign: str,
+                  own: Collection[str]) -> dict[tuple[str, str], np.ndarray]:
+    """Each map at the image size: divided by its own scale (rows in ``own``), else as
+    relevance per pixel; ReLU'd for ``sign="positive"``."""
+    values = {(row, col): (to_image_map(maps[row][col], size, mode)[..., 0] if row in own
+                           else _density(maps[row][col], size, mode))
+              for row in maps for col in cols if col in maps[row]}
+    if sign == "positive":
+        values = {key: np.maximum(v, 0) for key, v in values.items()}
+    return {key: v / s if key[0] in own and (s := map_scale(v)) > 0 else v
+            for key, v in values.items()}
+
+
+def _image_panel(ax: plt.Axes, image: np.ndarray | None, font: float) -> None:
+    """The image (first row), or nothing (the other rows)."""
+    ax.set_axis_off()
+    if image is not None:
+        ax.imshow(image, interpolation="nearest")
+        ax.set_axis_on()
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("image", fontsize=font)
+
+
+def _label(ax: plt.Axes, column: str | None, row: str | None, width: int, font: float) -> None:
+    """A map panel without ticks, titled with its column (first row) and row (first column)."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if column is not None:
+        ax.set_title(textwrap.fill(column, width), fontsize=font)
+    if row is not None:
+        ax.set_ylabel(textwrap.fill(row, width), fontsize=font, fontweight="bold")
+
+
+def _total(ax: plt.Axes, m: Tensor, font: float) -> None:
+    """The map's signed total (conserved by FG-CAM) in the panel's corner."""
+    total = float(m.sum())
+    if abs(total) < 1e-6 * float(m.abs().sum()):
+        total = 0.0  # round-off of a zero-sum map (denoised FG-CAM)
+    ax.text(0.03, 0.03, f"ΣR = {total:.3g}", transform=ax.transAxes, fontsize=font * 0.8,
+            va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5,
+                               "edgecolor": "none"})
 
 
 def _norms(values: Mapping[tuple[str, str], np.ndarray], rows: Sequence[str],

@@ -14,7 +14,8 @@ import torchvision
 from torch import nn
 
 from captum_fgcam import cli
-from captum_fgcam.explain import METHODS, compute_maps
+from captum_fgcam.explain import compute_maps
+from captum_fgcam.methods import METHODS
 from captum_fgcam.visualization import plot_grid, plot_views, to_image_map
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -292,6 +292,9 @@ def _benchmark(*args) -> int:
     (["--model", "resnet18"], "not a zoo model"),
     (["--batch-size", "0"], "positive"),
     (["--methods", "Grad-CAM", "--layers", "input"], "gives maps at layers only"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+    (["--data", "imagenet", "--root", ".", "--boxes", ".", "--model", "resnet19"],
+     "not a torchvision classification model"),
 ])
 def test_benchmark_user_mistakes_keep_earlier_results(tmp_path, capsys, args, message):
     out = tmp_path / "results"

@@ -9,8 +9,9 @@ import torch
 from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
+from ..propagation.views import CONVOLUTION_LAYERS
+
 UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def check_parameters(model: nn.Module) -> None:
@@ -43,7 +44,7 @@ def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
             f"the model's parameters are {first.dtype}: half precision is not supported "
             "(relevance ratios lose too many digits); explain a float32 copy, e.g. "
             "copy.deepcopy(model).float(), with float32 inputs")
-    conv = next((m for m in model.modules() if isinstance(m, CONVOLUTIONS)), None)
+    conv = next((m for m in model.modules() if isinstance(m, CONVOLUTION_LAYERS)), None)
     image_rank = conv.weight.dim() if conv is not None else None
     for i, x in enumerate(inputs):
         if not isinstance(x, Tensor):

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from .. import metrics
-from ..methods import METHODS, PAPER_METHODS, MethodError, get_method
-from ..outputs import OutputError, check_outputs
-from ..propagation import PRESETS, LayerError, MissingRuleError
+from .. import metrics, zoo
+from ..loading import classification_models, parse_device, torchvision_model, zoo_model
+from ..methods import METHODS, PAPER_METHODS, get_method
+from ..outputs import check_outputs
+from ..propagation import PRESETS
+from ..usage import UsageError, suggest
 from .data import ImageNetVal, SceneItems
 from .runner import Settings, describe, run, write_tables
 
@@ -71,88 +72,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="relevance rule preset of FG-CAM and LRP (default: conserving)")
 
 
-def _device(arg: str | None) -> torch.device:
-    if arg is not None:
-        return torch.device(arg)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | None, str]:
-    from .. import zoo
-
+    """The model, the benchmark items, the unseen-pixel mask of a wall model, the title."""
     if args.data == "scenes":
         name = args.model or "scenes-vgg16bn"
-        model = zoo.load_model(name)
+        model = zoo_model(name).model
         scenes = zoo.scenes(name, "test", length=args.images, seed=args.seed, style=args.style)
         unseen = (model.unseen_mask(scenes.size, scenes.size)
                   if hasattr(model, "unseen_mask") else None)
         generator = " (held-out generator)" if args.style == "held-out" else ""
         return (model, SceneItems(scenes), unseen,
                 f"{name} on {args.images} held-out scenes{generator}")
-    if args.root is None or args.boxes is None:
-        raise BenchmarkError("--data imagenet needs --root (the val images) and --boxes (the "
-                             "XMLs)")
-    import torchvision
-
     name = args.model or "vgg16_bn"
     weights = None if args.weights.lower() == "none" else args.weights
-    try:
-        model = torchvision.models.get_model(name, weights=weights)
-    except (ValueError, KeyError) as err:
-        raise BenchmarkError(f"cannot build torchvision model {name!r} with weights "
-                             f"{args.weights!r}: {err}") from err
-    except OSError as err:  # URLError is an OSError: weights not cached, no internet
-        raise BenchmarkError(f"weights {args.weights!r} for {name} are not cached in "
-                             "~/.cache/torch/hub/checkpoints and cannot be downloaded "
-                             f"({err}); download them once with internet access") from err
+    model = torchvision_model(name, weights).model
     data = ImageNetVal(args.root, args.boxes, size=args.size)
     if len(data) > args.images:
         data = torch.utils.data.Subset(data, range(args.images))
-    return model.eval(), data, None, f"{name} ({args.weights}) on {len(data)} ImageNet images"
+    return model, data, None, f"{name} ({args.weights}) on {len(data)} ImageNet images"
 
 
-class BenchmarkError(ValueError):
-    """A user error: reported as one line on stderr, exit code 2."""
-
-
-def _check(args: argparse.Namespace) -> None:
-    """Every argument that can be checked before any work."""
+def _check(args: argparse.Namespace) -> torch.device:
+    """Every argument that can be checked before any work; the device."""
     if args.images < 1:
-        raise BenchmarkError(f"--images {args.images}: give at least 1 image")
-    try:
-        args.methods = list(dict.fromkeys(get_method(m).name for m in args.methods))
-    except MethodError as err:
-        raise BenchmarkError(str(err)) from None
+        raise UsageError(f"--images {args.images}: give at least 1 image")
+    args.methods = list(dict.fromkeys(get_method(m).name for m in args.methods))
     for name, value in [("--batch-size", args.batch_size),
                         ("--metric-batch-size", args.metric_batch_size),
                         ("--pixels-per-step", args.pixels_per_step)]:
         if value < 1:
-            raise BenchmarkError(f"{name} {value}: give a positive number")
-    if args.data == "scenes" and args.model is not None:
-        from .. import zoo
-
-        if args.model not in zoo.names():
-            raise BenchmarkError(f"--model {args.model} is not a zoo model, which the scenes "
-                                 f"need ({', '.join(zoo.names())}); for a torchvision model "
-                                 "use --data imagenet")
+            raise UsageError(f"{name} {value}: give a positive number")
+    if args.data == "scenes" and args.model is not None and args.model not in zoo.names():
+        raise UsageError(f"--model {args.model} is not a zoo model, which the scenes need "
+                         f"({', '.join(zoo.names())}); for a torchvision model use --data "
+                         "imagenet")
+    if args.data == "imagenet":
+        if args.root is None or args.boxes is None:
+            raise UsageError("--data imagenet needs --root (the val images) and --boxes (the "
+                             "XMLs)")
+        if args.model is not None and args.model not in classification_models():
+            raise UsageError(f"--model {args.model} is not a torchvision classification "
+                             f"model, which --data imagenet needs"
+                             f"{suggest(args.model, classification_models())}")
     check_outputs([], folders=[args.out])
+    return parse_device(args.device)
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Run ``benchmark``; user errors print one line (no traceback) and return 2."""
-    try:
-        _check(args)
-        return _run(args)
-    except (BenchmarkError, OutputError, LayerError, MissingRuleError, MethodError) as err:
-        print(f"captum-fgcam benchmark: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> None:
+    """Run ``benchmark``, raising :class:`~captum_fgcam.usage.UsageError` (and the other user
+    errors :mod:`captum_fgcam.cli` reports) for mistakes."""
+    device = _check(args)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = _device(args.device)
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
@@ -176,4 +146,3 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
-    return 0

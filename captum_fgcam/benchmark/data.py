@@ -17,8 +17,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from ..images import IMAGENET_MEAN, IMAGENET_STD
+
 _EXTENSIONS = {".jpeg", ".jpg", ".png"}
 
 

@@ -241,15 +241,12 @@ def _cell(r: dict[str, float] | None, metric: str) -> str:
 
 def _plot(results: dict[tuple[str, str], dict[str, float]], methods: list[str],
           layers: list[str], shown: list[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: saved, never shown
 
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows + 0.9),
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows + 0.9), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, metric in zip(axes.flat, shown, strict=False):
         for method in methods:
             xs = [i for i, layer in enumerate(layers) if (method, layer) in results]
@@ -265,4 +262,3 @@ def _plot(results: dict[tuple[str, str], dict[str, float]], methods: list[str],
                fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -21,6 +21,7 @@ from .capture import Capture, capture, unwrap
 from .graph import ancestors, relevance_path, site
 from .presets import RuleMap, resolve_rules
 from .selectors import Site
+from .views import LINEAR_LAYERS
 
 LayerRef = nn.Module | str
 Rules = None | str | RuleMap | Mapping[Any, Any]
@@ -115,7 +116,7 @@ def example_input(model: nn.Module) -> Tensor:
     """One input shaped for the model's first convolution or linear layer (224 px images,
     224-sample signals, 16 x 112 x 112 volumes)."""
     first = next((m for m in model.modules()
-                  if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))), None)
+                  if isinstance(m, LINEAR_LAYERS)), None)
     if first is None:
         raise LayerError(f"{type(model).__name__} has no convolution or linear layer; pass an "
                          "example input")

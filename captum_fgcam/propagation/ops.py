@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .views import LINEAR_LAYERS
+
 #: dunder and alias names -> canonical names
 _ALIASES = {
     "__add__": "add", "__radd__": "add", "__iadd__": "add", "__sub__": "sub",
@@ -111,7 +113,7 @@ CONSTANT_FACTORIES = frozenset([
 SOFTMAX = "softmax"
 
 KINDS_BY_MODULE: tuple[tuple[tuple[type, ...], str], ...] = (
-    ((nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear), LINEAR),
+    (LINEAR_LAYERS, LINEAR),
     ((nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.RReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
       nn.SiLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.Hardtanh,
       nn.Softplus, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,

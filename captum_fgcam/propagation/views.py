@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LINEAR_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}  # by the number of spatial dimensions
+CONVOLUTION_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LINEAR_LAYERS = (nn.Linear, *CONVOLUTION_LAYERS)
+#: the convolution function by the number of spatial dimensions
+CONVOLUTION_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class LinearView:
@@ -144,12 +146,12 @@ def linear_layer(module: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tenso
     layer = layer_of(module)
     if isinstance(layer, nn.Linear) or getattr(layer, "fully_connected", False):
         return F.linear
-    if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, FunctionalLinear)):
+    if isinstance(layer, (*CONVOLUTION_LAYERS, FunctionalLinear)):
         if layer.padding_mode != "zeros":
             raise NotImplementedError(
                 f"{type(layer).__name__} with padding_mode={layer.padding_mode!r}: only "
                 "zero padding is supported by the linear-layer rules")
-        conv = CONVOLUTIONS[layer.weight.dim() - 2]
+        conv = CONVOLUTION_FUNCTIONS[layer.weight.dim() - 2]
         return lambda x, w, b: conv(x, w, b, layer.stride, layer.padding, layer.dilation,
                                     layer.groups)
     raise TypeError(
@@ -172,5 +174,5 @@ def channel_subset(module: Any, channels: Tensor) -> FunctionalLinear:
     """A depthwise convolution restricted to ``channels``."""
     layer = layer_of(module)
     weight = module.weight.detach()[channels]
-    return FunctionalLinear(CONVOLUTIONS[weight.dim() - 2], (
+    return FunctionalLinear(CONVOLUTION_FUNCTIONS[weight.dim() - 2], (
         None, weight, None, layer.stride, layer.padding, layer.dilation, len(channels)), {})
