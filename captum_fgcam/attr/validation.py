@@ -6,8 +6,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum._utils.typing import TargetType
 from torch import Tensor, nn
+
+from ..arguments import TargetType
 
 UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
