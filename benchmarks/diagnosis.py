@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_fgcam import FGCam, find_input_layer, metrics, zoo
+from captum_fgcam import FGCam, MultiScaleFGCam, find_input_layer, metrics, zoo
 from captum_fgcam.attr.refine import find_refine_layers
 from captum_fgcam.benchmark import default_layers
 from captum_fgcam.methods import INPUT, METHODS, explainers
@@ -69,8 +69,9 @@ def main() -> None:
         where = find_input_layer(model, x[:1]) if to_input else layer
 
         def fg(weighting=grad_cam, rules="conserving", where=where, to_input=to_input,
-               **options):
-            cam = FGCam(model, where, weighting, rules=rules)
+               multiscale=False, **options):
+            cam = (MultiScaleFGCam if multiscale else FGCam)(model, where, weighting=weighting,
+                                                              rules=rules)
             return lambda xx, t: cam.attribute(xx, t, attribute_to_layer_input=to_input,
                                                **options).detach()
 

@@ -33,6 +33,7 @@ from .attr import (
     GradCamPlusPlus,
     HiResCam,
     LayerCam,
+    MultiScaleFGCam,
     RefineCam,
     ScoreCam,
     XGradCam,
@@ -87,11 +88,13 @@ def _plain(name: str, make: Callable[[nn.Module, nn.Module], object],
 
 
 def _fine_grained(weighting: str, denoise: bool, multiscale: bool = False) -> Builder:
+    """FG-CAM with ``weighting`` (denoised), or multi-scale FG-CAM with ``multiscale``."""
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
-        fg = FGCam(model, layer, weighting=weighting, rules=rules)
+        fg = (MultiScaleFGCam if multiscale else FGCam)(model, layer, weighting=weighting,
+                                                         rules=rules)
         return lambda x, t: fg.attribute(x, t, attribute_to_layer_input=to_input,
-                                         denoise=denoise, multiscale=multiscale).detach()
+                                         denoise=denoise).detach()
     return build
 
 

@@ -116,3 +116,64 @@ def test_missing_rule_names_the_operation_and_a_fix_that_works():
         fg.attribute(x, 0, attribute_to_layer_input=True)
     fixed = FGGradCam(model, model[0], cam_layer=model[3], rules={"softmin": PassRule()})
     assert torch.isfinite(fixed.attribute(x, 0, attribute_to_layer_input=True)).all()
+
+
+# -- one face: the same construction and layer argument everywhere ------------------------
+
+def test_every_attribution_takes_a_layer_by_module_or_name(vgg11bn):
+    import captum_fgcam as fg
+    x = image_batch(1, 32, 32)
+    for cls in (fg.GradCam, fg.GradCamPlusPlus, fg.XGradCam, fg.LayerCam, fg.HiResCam):
+        by_name = cls(vgg11bn, "features.21").attribute(x, 2)
+        assert torch.equal(by_name, cls(vgg11bn, vgg11bn.features[21]).attribute(x, 2))
+    for cls in (fg.LRP, fg.CLRP, fg.SGLRP, fg.FGGradCam, fg.MultiScaleFGCam):
+        by_name = cls(vgg11bn, "features.14").attribute(x, 2)
+        assert torch.equal(by_name, cls(vgg11bn, vgg11bn.features[14]).attribute(x, 2))
+    refine = fg.RefineCam(vgg11bn, ["features.28", "features.14"])
+    assert refine.layer is vgg11bn.features[14]  # the layer of the map: the finest
+    with pytest.raises(TypeError, match="nn.Module"):
+        fg.GradCam(lambda t: vgg11bn(t), "features.21")
+
+
+def test_one_argument_order_options_keyword_only(vgg11bn):
+    from captum.attr import GradientAttribution, LayerAttribution
+
+    import captum_fgcam as fg
+    for cls in (fg.FGCam, fg.FGGradCam, fg.FGScoreCam, fg.MultiScaleFGCam, fg.LRP, fg.CLRP,
+                fg.SGLRP, fg.GradCam, fg.ScoreCam, fg.ConceptorCam):
+        explainer = cls(vgg11bn, "features.14", [0])
+        assert isinstance(explainer, LayerAttribution)
+        assert isinstance(explainer, GradientAttribution)
+        assert explainer.device_ids == [0]
+        with pytest.raises(TypeError):
+            cls(vgg11bn, "features.14", None, "extra positional")
+    assert isinstance(fg.RefineCam(vgg11bn, ["features.28"]), LayerAttribution)
+
+
+def test_the_cam_layer_is_read_only(vgg11bn):
+    fg = FGGradCam(vgg11bn, "features.7", cam_layer="features.21")
+    assert fg.cam_layer is vgg11bn.features[21]
+    with pytest.raises(AttributeError):
+        fg.cam_layer = vgg11bn.features[28]
+
+
+def test_argument_helpers_match_captum():
+    """Our versions of Captum's private helpers give what Captum's give, target form by form."""
+    from captum._utils.common import ExpansionTypes, _expand_target, _select_targets
+    from captum._utils.gradient import compute_layer_gradients_and_eval
+
+    from captum_fgcam.arguments import layer_gradient, repeat_targets, select_targets
+    torch.manual_seed(0)
+    y = torch.randn(3, 4)
+    for target in (None, 2, (1,), torch.tensor(3), torch.tensor([0, 3, 1]), [2, 0, 1],
+                   [(1,), (0,), (3,)]):
+        assert torch.equal(select_targets(y, target), _select_targets(y, target))
+        expanded = _expand_target(target, 5, ExpansionTypes.repeat_interleave)
+        ours = repeat_targets(target, 5)
+        assert (torch.equal(ours, expanded) if isinstance(ours, torch.Tensor)
+                else ours == expanded)
+    model = make_vgg("vgg11_bn", seed=2)
+    x = image_batch(2, 32, 32)
+    a, g = layer_gradient(model, model.features[14], x, [1, 3])
+    grads, acts = compute_layer_gradients_and_eval(model, model.features[14], x, [1, 3])
+    assert torch.equal(a, acts[0].detach()) and torch.equal(g, grads[0])

@@ -1,4 +1,4 @@
-"""Multi-scale FG-CAM (``multiscale=True``, registry ``FG-X-DM``): one propagation, tapped at
+"""Multi-scale FG-CAM (``MultiScaleFGCam``, registry ``FG-X-DM``): one propagation, tapped at
 every resolution step, equals the product of separately computed FG-CAM maps."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torchvision
 from conftest import image_batch
 from torch import nn
 
-from captum_fgcam import FGGradCam, FineGrainedUpsampler, LayerError
+from captum_fgcam import FGCam, FGGradCam, FineGrainedUpsampler, LayerError, MultiScaleFGCam
 from captum_fgcam.methods import get_method
 
 
@@ -55,8 +55,8 @@ def _models():
 def test_multiscale_is_the_product_of_the_scales_maps(case):
     model, size, scales, layer, to_input = _models()[case]
     x, target = image_batch(3, size, size), [0, 2, 4]
-    ours = FGGradCam(model, layer).attribute(x, target, denoise=True, multiscale=True,
-                                             attribute_to_layer_input=to_input)
+    ours = MultiScaleFGCam(model, layer).attribute(x, target, denoise=True,
+                                                   attribute_to_layer_input=to_input)
     expected = _straightforward(model, x, target, scales, layer, to_input)
     assert ours.shape == expected.shape
     torch.testing.assert_close(ours, expected, atol=2e-5, rtol=0)
@@ -66,18 +66,25 @@ def test_multiscale_is_the_product_of_the_scales_maps(case):
 def test_multiscale_batch_equals_per_sample():
     model, size, _, layer, _ = _models()["vgg-13"]
     x, target = image_batch(4, size, size, seed=3), [1, 0, 5, 3]
-    fg = FGGradCam(model, layer)
-    batch = fg.attribute(x, target, denoise=True, multiscale=True)
-    single = torch.cat([fg.attribute(x[i:i + 1], target[i], denoise=True, multiscale=True)
-                        for i in range(4)])
+    fg = MultiScaleFGCam(model, layer)
+    batch = fg.attribute(x, target, denoise=True)
+    single = torch.cat([fg.attribute(x[i:i + 1], target[i], denoise=True) for i in range(4)])
     torch.testing.assert_close(batch, single, atol=1e-5, rtol=0)
 
 
-def test_multiscale_refuses_per_channel_maps():
+def test_multiscale_is_a_method_of_its_own():
+    """Scores in [0, 1], not relevance: FG-CAM has no flag that turns into them, and the
+    multi-scale map has no per-channel form."""
     model, size, _, layer, _ = _models()["vgg-13"]
-    with pytest.raises(ValueError, match="attr_dim_summation=True"):
-        FGGradCam(model, layer).attribute(image_batch(1, size, size), 0, multiscale=True,
-                                          attr_dim_summation=False)
+    x = image_batch(1, size, size)
+    with pytest.raises(TypeError, match="multiscale"):
+        FGCam(model, layer).attribute(x, 0, multiscale=True)
+    with pytest.raises(TypeError, match="attr_dim_summation"):
+        MultiScaleFGCam(model, layer).attribute(x, 0, attr_dim_summation=False)
+    fg = MultiScaleFGCam(model, layer, weighting="layer_cam")
+    assert fg.cam_layer is None
+    fg.attribute(x, 0)
+    assert fg.cam_layer is model.features[43]
 
 
 def test_taps_outside_the_span_are_refused():
@@ -102,4 +109,4 @@ def test_registry_dm_is_denoised_multiscale():
     explain = method.build(model, layer, False, "conserving", x)
     torch.testing.assert_close(
         explain(x, target),
-        FGGradCam(model, layer).attribute(x, target, denoise=True, multiscale=True))
+        MultiScaleFGCam(model, layer).attribute(x, target, denoise=True))

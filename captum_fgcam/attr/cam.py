@@ -10,36 +10,34 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
-from captum._utils.typing import TargetType
-from captum.attr._utils.attribution import GradientAttribution, LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._state import preserved_state
+from ..arguments import TargetType, forward_args_tuple, input_tuple
 from ..propagation.capture import scores_of, unwrap
+from ..propagation.layers import LayerRef
 from ..propagation.tokens import as_grid
 from ..weightings import (
     ConceptorWeighting,
     ScoreCamWeighting,
+    Weighting,
+    components_at,
     grad_cam,
     grad_cam_plus_plus,
     hires_cam,
     layer_cam,
     xgrad_cam,
 )
+from .base import LayerGradientAttribution
 from .validation import as_target, check_inputs
 
 
-class _PlainCam(LayerAttribution, GradientAttribution):
-    """A CAM from a weighting: sum of the components over channels at ``layer``'s output."""
+class _PlainCam(LayerGradientAttribution):
+    """A CAM from a weighting: sum of the components over channels at ``layer``'s output
+    (``layer``: a module, or its dotted name when ``forward_func`` is the model)."""
 
-    weighting: Callable[..., Tensor]
-
-    def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
-                 device_ids: list[int] | None = None) -> None:
-        LayerAttribution.__init__(self, forward_func, layer, device_ids)
-        GradientAttribution.__init__(self, forward_func)
+    weighting: Weighting
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
@@ -50,17 +48,18 @@ class _PlainCam(LayerAttribution, GradientAttribution):
             raise NotImplementedError(
                 f"{type(self).__name__} weights a layer's output channels; pass the module "
                 "whose output you want as layer instead of attribute_to_layer_input=True")
-        inputs = _format_tensor_into_tuples(inputs)
+        inputs = input_tuple(inputs)
         target = as_target(target)
-        extra = _format_additional_forward_args(additional_forward_args)
+        extra = forward_args_tuple(additional_forward_args)
         if isinstance(self.forward_func, nn.Module):
             model = unwrap(self.forward_func)
             check_inputs(model, inputs)
             with preserved_state(model):
-                components = self.weighting(lambda *a: scores_of(model(*a)), self.layer, inputs,
-                                            target, extra)
+                components = components_at(self.weighting, lambda *a: scores_of(model(*a)),
+                                           self.layer, inputs, target, extra)
         else:
-            components = self.weighting(self.forward_func, self.layer, inputs, target, extra)
+            components = components_at(self.weighting, self.forward_func, self.layer, inputs,
+                                       target, extra)
         components = as_grid(components, inputs[0])  # a token grid: channels first
         cam = components.sum(dim=1, keepdim=True) if attr_dim_summation else components
         return cam.clamp(min=0) if relu_attributions else cam
@@ -72,25 +71,25 @@ class GradCam(_PlainCam):
     N x C x h x w (:mod:`~captum_fgcam.propagation.tokens`; pytorch-grad-cam's
     ``reshape_transform``), where Captum's class would average over the wrong axes."""
 
-    weighting = staticmethod(grad_cam)
+    weighting = grad_cam
 
 
 class GradCamPlusPlus(_PlainCam):
     """Grad-CAM++ (Chattopadhay et al. 2018); equation in :mod:`captum_fgcam.weightings`."""
 
-    weighting = staticmethod(grad_cam_plus_plus)
+    weighting = grad_cam_plus_plus
 
 
 class XGradCam(_PlainCam):
     """XGrad-CAM (Fu et al. 2020); equation in :mod:`captum_fgcam.weightings`."""
 
-    weighting = staticmethod(xgrad_cam)
+    weighting = xgrad_cam
 
 
 class LayerCam(_PlainCam):
     """Layer-CAM (Jiang et al. 2021): pixel-wise weights relu(dy_c/dA) * A."""
 
-    weighting = staticmethod(layer_cam)
+    weighting = layer_cam
 
 
 class HiResCam(_PlainCam):
@@ -98,7 +97,7 @@ class HiResCam(_PlainCam):
     the gradient over the map), so the map is exactly the first-order contribution of each
     position of the layer to the score."""
 
-    weighting = staticmethod(hires_cam)
+    weighting = hires_cam
 
 
 class ScoreCam(_PlainCam):
@@ -106,8 +105,8 @@ class ScoreCam(_PlainCam):
     as pytorch-grad-cam). Cost: one forward pass per channel of ``layer`` per image,
     ``batch_size`` masked images at a time; a progress bar on a terminal (``progress``)."""
 
-    def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
-                 device_ids: list[int] | None = None, batch_size: int = 64,
+    def __init__(self, forward_func: Callable[..., Any], layer: LayerRef,
+                 device_ids: list[int] | None = None, *, batch_size: int = 64,
                  variant: str = "reference", progress: bool = True) -> None:
         super().__init__(forward_func, layer, device_ids)
         self.weighting = ScoreCamWeighting(batch_size, variant, progress)
@@ -117,7 +116,7 @@ class ConceptorCam(_PlainCam):
     """Conceptor-CAM, our reading of Qian et al.'s abstract (every choice stated in
     :mod:`captum_fgcam.weightings.conceptor`); ``aperture`` is the conceptor's alpha."""
 
-    def __init__(self, forward_func: Callable[..., Any], layer: nn.Module,
-                 device_ids: list[int] | None = None, aperture: float = 1.0) -> None:
+    def __init__(self, forward_func: Callable[..., Any], layer: LayerRef,
+                 device_ids: list[int] | None = None, *, aperture: float = 1.0) -> None:
         super().__init__(forward_func, layer, device_ids)
         self.weighting = ConceptorWeighting(aperture)

@@ -5,202 +5,117 @@ summing them into a coarse map) and propagates them to ``layer`` with relevance 
 
     map = \sum_c R_c^{(layer)},   R^{(layer)} = \rho_{layer+1} \circ ... \circ \rho_L (E)
 
-optionally after SVD denoising of E (``denoise=True``).
-
-Multi-scale FG-CAM (``multiscale=True``, not in the paper): the same propagation also reads
-the relevance where it passes the CAM layer and every resolution step on the way (the layers
-RefineCAM multiplies, :func:`~captum_fgcam.attr.refine.refine_layers`), and returns the
-product of those maps, each ReLU'd, min-max normalised and upsampled to the layer's size:
-
-    map = minmax( \prod_{s \in S} minmax( up( minmax( relu( \sum_c R_c^{(s)} ) ) ) ) )
-
-The coarse scales veto what the fine one puts off the object; the map is in [0, 1] and no
-longer conserves relevance.
+optionally after SVD denoising of E (``denoise=True``). The multi-scale map, a product of such
+maps at several resolutions, is :class:`~captum_fgcam.attr.multiscale.MultiScaleFGCam`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
-from captum._utils.common import (
-    _format_additional_forward_args,
-    _format_tensor_into_tuples,
-    _select_targets,
-)
-from captum._utils.typing import TargetType
-from captum.attr import LayerAttribution
-from captum.attr._utils.attribution import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._batching import each, finished, take, take_all
 from .._state import preserved_state
+from ..arguments import TargetType, forward_args_tuple, input_tuple, select_targets
 from ..denoising import svd_denoise
-from ..propagation.capture import scores_of, unwrap
-from ..propagation.layers import LayerRef, cam_layer_in, require_module, resolve_module
-from ..propagation.presets import RuleMap
+from ..propagation.capture import scores_of
+from ..propagation.layers import LayerRef, Rules, cam_layer_in
 from ..propagation.tokens import on_grid
-from ..propagation.upsampler import FineGrainedUpsampler
-from ..weightings import GradientWeighting, ScoreCamWeighting, Weighting, get_weighting
-from ..weightings import requires_target as weighting_requires_target
-from .refine import refine_layers, scale_product
+from ..propagation.upsampler import Span
+from ..weightings import CamRecord, ScoreCamWeighting, Weighting, get_weighting
+from .base import PropagatedAttribution
 from .validation import as_target, check_inputs, check_target
 
+Maps = TypeVar("Maps")
 
-class FGCam(LayerAttribution, GradientAttribution):
-    r"""Fine-grained CAM for any CAM weighting, at any layer before the CAM layer.
 
-    Args:
-        forward_func: the model (an ``nn.Module``; ``DataParallel``, DDP, ``torch.compile``
-            and Hugging Face models returning ``.logits`` are accepted).
-        layer: where the map is returned (module or dotted name), Captum's meaning of
-            ``layer``: its output, or its input with ``attribute_to_layer_input=True``.
-        weighting: "grad_cam" (default), "score_cam", "grad_cam++", "xgrad_cam",
-            "layer_cam", or a :class:`~captum_fgcam.weightings.Weighting`: a callable
-            ``(forward_func, cam_layer, inputs, target, additional_forward_args) ->
-            components`` (N x C x h x w at the CAM layer) that runs the model through
-            ``forward_func`` (any number of times, on any inputs) and reads the CAM layer's
-            output by hooking ``cam_layer``, the model's own module.
-        cam_layer: where channel weights are computed; default: the last module with a
-            spatial output before global pooling / flatten (VGG: ``features[43]``), found on
-            each call from the operations the input runs through (``self.cam_layer`` is then
-            the module last used).
-        rules: relevance rules (see :class:`FineGrainedUpsampler`); default: the paper's.
-        device_ids: as in Captum (for ``DataParallel`` models).
-        fold_batchnorm: see :class:`FineGrainedUpsampler` (default False, as the reference).
-    """
+class ComponentPropagation(PropagatedAttribution):
+    """A CAM weighting's components at the CAM layer, propagated to ``layer``: what
+    :class:`FGCam` and :class:`~captum_fgcam.attr.multiscale.MultiScaleFGCam` share (their
+    arguments: :class:`FGCam`). The property :attr:`cam_layer` is the CAM layer used."""
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
-                 weighting: str | Weighting = "grad_cam",
-                 cam_layer: LayerRef | None = None,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 device_ids: list[int] | None = None, fold_batchnorm: bool = False) -> None:
-        require_module(forward_func)
-        model = forward_func
-        module = unwrap(model)
-        require_module(module)
-        LayerAttribution.__init__(self, model, resolve_module(module, layer), device_ids)
-        GradientAttribution.__init__(self, model)
-        self.module = module
-        self.cam_layer = None if cam_layer is None else resolve_module(module, cam_layer)
+                 device_ids: list[int] | None = None, *,
+                 weighting: str | Weighting | Any = "grad_cam",
+                 cam_layer: LayerRef | None = None, rules: Rules = None,
+                 fold_batchnorm: bool = False) -> None:
+        super().__init__(forward_func, layer, device_ids, cam_layer, rules, fold_batchnorm)
         self.weighting = get_weighting(weighting)
-        self.upsampler = FineGrainedUpsampler(model, cam_layer, layer, rules, fold_batchnorm)
-        self._found_cam: str | None = None
+        self._found: str | None = None  # the CAM layer the last call found
 
-    @log_usage()
-    def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
-                  additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
-                  relu_attributions: bool = False, attr_dim_summation: bool = True,
-                  denoise: bool = False, denoise_rank: float | int = 0.1,
-                  internal_batch_size: int | None = None,
-                  multiscale: bool = False) -> Tensor | tuple[Tensor, ...]:
-        r"""
-        Args:
-            inputs: the (normalised) image batch, N x C x H x W, or a tuple whose first
-                tensor is it.
-            target: the class(es) explained, in Captum's forms (int, tuple, tensor, list).
-            additional_forward_args: further arguments of the model's forward.
-            attribute_to_layer_input: return relevance at ``layer``'s input (use
-                ``layer=features[0]`` for the image).
-            relu_attributions: apply ReLU to the result (after channel summation).
-            attr_dim_summation: sum over channels (N x 1 x h x w); False returns the
-                per-channel relevance at the layer.
-            denoise, denoise_rank: FG-CAM with denoising: keep the top ``denoise_rank``
-                (fraction of min(C, hw), or a count) singular triplets of the components.
-            internal_batch_size: process at most this many examples at a time (for batches
-                larger than memory allows); the result is the same.
-            multiscale: multi-scale FG-CAM (module docstring): the product of the normalised
-                maps at the CAM layer, every resolution step down to ``layer``, and ``layer``;
-                N x 1 x h x w in [0, 1] (needs ``attr_dim_summation=True``).
+    @property
+    def cam_layer(self) -> nn.Module | None:
+        """The CAM layer: the one given, else the one the last call found (None before)."""
+        name = self.upsampler.from_name or self._found
+        return None if name is None else self.module.get_submodule(name)
 
-        Returns:
-            Signed relevance on the input's device; with ``attribute_to_layer_input`` on a
-            layer of several tensor inputs, a tuple (one map per input, as in Captum).
-
-        Examples::
-
-            >>> fg = FGGradCam(model, layer=model.features[13])
-            >>> attr = fg.attribute(x, target=labels)   # N x 1 x 56 x 56 at 224 px
-        """
-        if multiscale and not attr_dim_summation:
-            raise ValueError("multiscale=True gives one map per image (a product over scales of "
-                             "channel sums); it needs attr_dim_summation=True")
-        inputs = _format_tensor_into_tuples(inputs)
+    def _attribute(self, inputs: Tensor | tuple[Tensor, ...], target: Any,
+                   additional_forward_args: Any, internal_batch_size: int | None,
+                   to_input: bool, denoise: bool, denoise_rank: float | int,
+                   maps: Callable[[Span, Tensor, str], Maps]) -> Maps:
+        """Checked arguments, then per batch of at most ``internal_batch_size`` examples:
+        one recorded forward pass of the real input, the weighting's components (denoised
+        with ``denoise``), and ``maps(span, components, cam layer name)``; the batches'
+        maps concatenated."""
+        inputs = input_tuple(inputs)
         check_inputs(self.module, inputs)
         target = as_target(target)
-        extra = _format_additional_forward_args(additional_forward_args)
+        extra = forward_args_tuple(additional_forward_args)
         n = inputs[0].shape[0]
         step = n if internal_batch_size is None else internal_batch_size
         if step < 1:
             raise ValueError(f"internal_batch_size must be >= 1; got {internal_batch_size}")
-        chunks = []
+        found, chunks = self._found, []
         for start in range(0, n, step):
             rows = slice(start, min(start + step, n))
-            chunks.append(self._attribute_chunk(
-                tuple(x[rows] for x in inputs), take(target, rows, n),
-                take_all(extra, rows, n) or None, attribute_to_layer_input, denoise,
-                denoise_rank, multiscale))
-        relevance = chunks[0] if len(chunks) == 1 else each(lambda *c: torch.cat(c), *chunks)
-        return each(lambda r: finished(r, attr_dim_summation, relu_attributions), relevance)
+            chunk = tuple(x[rows] for x in inputs)
+            with preserved_state(self.module):
+                span, components, found = self._components(
+                    chunk, take(target, rows, n), take_all(extra, rows, n) or None, to_input,
+                    found)
+                if denoise:
+                    components = on_grid(lambda e: svd_denoise(e, denoise_rank), chunk[0],
+                                         components, grids=span.capture.grids)
+                chunks.append(maps(span, components, found))
+        if self.upsampler.from_name is None:
+            self._found = found
+        return chunks[0] if len(chunks) == 1 else each(lambda *c: torch.cat(c), *chunks)
 
-    def _attribute_chunk(self, inputs: tuple[Tensor, ...], target: TargetType,
-                         additional_forward_args: tuple[Any, ...] | None, to_input: bool,
-                         denoise: bool, denoise_rank: float | int, multiscale: bool
-                         ) -> Tensor | tuple[Tensor, ...]:
-        """One recorded forward pass of the real input, the weighting, one propagation."""
-        up, module = self.upsampler, self.module
-        n = inputs[0].shape[0]
-        gradient = isinstance(self.weighting, GradientWeighting)
-        with preserved_state(module):
-            # The recorded pass also gives A and dy/dA for gradient weightings: autograd runs
-            # from the CAM layer's output on (the one found last time when not given).
-            guess = up.from_name or self._found_cam
-            cap = up.capture(inputs, additional_forward_args, guess if gradient else None)
-            cam_name = up.from_name or cam_layer_in(cap, module)
-            if gradient and cam_name != guess:  # first call: the CAM layer was not known yet
-                cap = up.capture(inputs, additional_forward_args, cam_name)
-            self._found_cam = None if up.from_name else cam_name
-            self.cam_layer = module.get_submodule(cam_name)
-            span = up.span(cap, to_input, cam_name)
-            scores = scores_of(cap.output)
-            check_target(target, n, scores, required=weighting_requires_target(self.weighting))
-            if gradient:
-                activation = cap.live[cam_name]
-                with torch.enable_grad():
-                    score = _select_targets(scores, target).sum()
-                (grad,) = torch.autograd.grad(score, activation)
-                components = self.weighting.in_layout(activation.detach(), grad.detach(),
-                                                      inputs[0], cap.grids)
-            else:
-                cap.output = scores = None
+    def _components(self, inputs: tuple[Tensor, ...], target: TargetType,
+                    additional_forward_args: tuple[Any, ...] | None, to_input: bool,
+                    guess: str | None) -> tuple[Span, Tensor, str]:
+        """The span from the CAM layer to ``layer``, the components there, and the CAM
+        layer's name. A gradient weighting's A and dy/dA come from the recorded pass itself:
+        autograd runs from the CAM layer's output on (``guess``: the one found last time, when
+        not given; a second pass where it was not known yet)."""
+        up, module, weighting = self.upsampler, self.module, self.weighting
+        gradient = weighting.requires_gradient
+        guess = up.from_name or guess
+        cap = up.capture(inputs, additional_forward_args, guess if gradient else None)
+        cam_name = up.from_name or cam_layer_in(cap, module)
+        if gradient and cam_name != guess:
+            cap = up.capture(inputs, additional_forward_args, cam_name)
+        span = up.span(cap, to_input, cam_name)
+        scores = scores_of(cap.output)
+        check_target(target, inputs[0].shape[0], scores, required=weighting.requires_target)
+        grad = None
+        if gradient:
+            with torch.enable_grad():
+                score = select_targets(scores, target).sum()
+            (grad,) = torch.autograd.grad(score, cap.live[cam_name])
+        cap.output = scores = score = None  # the weighting may need the memory
+        cap.live.clear()
+        cam = CamRecord(module.get_submodule(cam_name), span.activation(), grad, cap.grids)
 
-                def forward(*args: Any) -> Tensor:
-                    return scores_of(module(*args))
+        def forward(*args: Any) -> Tensor:
+            return scores_of(module(*args))
 
-                if hasattr(self.weighting, "from_activation"):  # reuses the recorded A
-                    components = self.weighting.from_activation(
-                        forward, span.activation(), inputs, target, additional_forward_args)
-                else:
-                    components = self.weighting(forward, module.get_submodule(cam_name), inputs,
-                                                target, additional_forward_args)
-            cap.live.clear()
-            components = _checked_components(components, span.activation(), self.weighting)
-            if denoise:
-                components = on_grid(lambda e: svd_denoise(e, denoise_rank), inputs[0],
-                                     components, grids=cap.grids)
-            if not multiscale:
-                return up.propagate(span, components)
-            if len(span.stops) > 1:
-                raise ValueError(f"multiscale=True needs a layer with one tensor input; "
-                                 f"{up.to_name!r} has {len(span.stops)}")
-            scales = [name for name in refine_layers(cap, module, cam_name,
-                                                     None if to_input else up.to_name)
-                      if to_input or name != up.to_name]
-            fine, coarse = up.propagate_with_taps(span, components, scales)
-            maps = [r.sum(dim=1, keepdim=True) for r in (*coarse, fine)]
-            return scale_product(maps, fine.shape[2:])
+        components = weighting.weigh(forward, cam, inputs, target, additional_forward_args)
+        return span, _checked_components(components, cam.activation, weighting), cam_name
 
 
 def _checked_components(components: Any, activation: Tensor, weighting: Any) -> Tensor:
@@ -216,15 +131,78 @@ def _checked_components(components: Any, activation: Tensor, weighting: Any) -> 
     return components.detach().to(activation.dtype)
 
 
+class FGCam(ComponentPropagation):
+    r"""Fine-grained CAM for any CAM weighting, at any layer before the CAM layer: signed
+    relevance (one recorded forward pass of the real input, the weighting's components,
+    optional denoising, one propagation per batch).
+
+    Args:
+        forward_func: the model (an ``nn.Module``; ``DataParallel``, DDP, ``torch.compile``
+            and Hugging Face models returning ``.logits`` are accepted).
+        layer: where the map is returned (module or dotted name), Captum's meaning of
+            ``layer``: its output, or its input with ``attribute_to_layer_input=True``.
+        device_ids: as in Captum (not needed: wrappers are looked through).
+        weighting: "grad_cam" (default), "score_cam", "grad_cam++", "xgrad_cam",
+            "layer_cam", "hires_cam", "conceptor", a
+            :class:`~captum_fgcam.weightings.Weighting`, or a function
+            ``(forward_func, cam_layer, inputs, target, additional_forward_args) ->
+            components`` (N x C x h x w at the CAM layer) that runs the model through
+            ``forward_func`` (any number of times, on any inputs) and reads the CAM layer's
+            output by hooking ``cam_layer``, the model's own module.
+        cam_layer: where channel weights are computed (module or dotted name); default: the
+            last module with a spatial output before global pooling / flatten (VGG:
+            ``features[43]``), found on each call from the operations the input runs through
+            (the property :attr:`cam_layer` then tells the one the last call used).
+        rules: relevance rules (see :class:`FineGrainedUpsampler`); default: the paper's.
+        fold_batchnorm: see :class:`FineGrainedUpsampler` (default False, as the reference).
+    """
+
+    @log_usage()
+    def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
+                  additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
+                  relu_attributions: bool = False, attr_dim_summation: bool = True,
+                  denoise: bool = False, denoise_rank: float | int = 0.1,
+                  internal_batch_size: int | None = None) -> Tensor | tuple[Tensor, ...]:
+        r"""
+        Args:
+            inputs: the (normalised) image batch, N x C x H x W, or a tuple whose first
+                tensor is it.
+            target: the class(es) explained, in Captum's forms (int, tuple, tensor, list).
+            additional_forward_args: further arguments of the model's forward.
+            attribute_to_layer_input: return relevance at ``layer``'s input (use
+                ``layer=features[0]`` for the image).
+            relu_attributions: apply ReLU to the result (after channel summation).
+            attr_dim_summation: sum over channels (N x 1 x h x w); False returns the
+                per-channel relevance at the layer.
+            denoise, denoise_rank: FG-CAM with denoising: keep the top ``denoise_rank``
+                (fraction of min(C, hw), or a count) singular triplets of the components.
+            internal_batch_size: process at most this many examples at a time (for batches
+                larger than memory allows); the result is the same.
+
+        Returns:
+            Signed relevance on the input's device; with ``attribute_to_layer_input`` on a
+            layer of several tensor inputs, a tuple (one map per input, as in Captum).
+
+        Examples::
+
+            >>> fg = FGGradCam(model, layer=model.features[13])
+            >>> attr = fg.attribute(x, target=labels)   # N x 1 x 56 x 56 at 224 px
+        """
+        relevance = self._attribute(inputs, target, additional_forward_args,
+                                    internal_batch_size, attribute_to_layer_input, denoise,
+                                    denoise_rank, lambda span, e, _: self.upsampler.propagate(
+                                        span, e))
+        return each(lambda r: finished(r, attr_dim_summation, relu_attributions), relevance)
+
+
 class FGGradCam(FGCam):
     """FG-Grad-CAM: Grad-CAM's components (from Captum's ``LayerGradCam``), propagated."""
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
-                 cam_layer: LayerRef | None = None,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 device_ids: list[int] | None = None, fold_batchnorm: bool = False) -> None:
-        super().__init__(forward_func, layer, "grad_cam", cam_layer, rules, device_ids,
-                         fold_batchnorm)
+                 device_ids: list[int] | None = None, *, cam_layer: LayerRef | None = None,
+                 rules: Rules = None, fold_batchnorm: bool = False) -> None:
+        super().__init__(forward_func, layer, device_ids, weighting="grad_cam",
+                         cam_layer=cam_layer, rules=rules, fold_batchnorm=fold_batchnorm)
 
 
 class FGScoreCam(FGCam):
@@ -235,10 +213,9 @@ class FGScoreCam(FGCam):
     """
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
-                 cam_layer: LayerRef | None = None,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
-                 batch_size: int = 64, device_ids: list[int] | None = None,
-                 variant: str = "reference", fold_batchnorm: bool = False,
-                 progress: bool = True) -> None:
-        super().__init__(forward_func, layer, ScoreCamWeighting(batch_size, variant, progress),
-                         cam_layer, rules, device_ids, fold_batchnorm)
+                 device_ids: list[int] | None = None, *, cam_layer: LayerRef | None = None,
+                 rules: Rules = None, fold_batchnorm: bool = False, batch_size: int = 64,
+                 variant: str = "reference", progress: bool = True) -> None:
+        super().__init__(forward_func, layer, device_ids,
+                         weighting=ScoreCamWeighting(batch_size, variant, progress),
+                         cam_layer=cam_layer, rules=rules, fold_batchnorm=fold_batchnorm)

@@ -18,24 +18,19 @@ Sums are per example; a zero sum gives a zero term.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
-from captum._utils.common import _format_tensor_into_tuples
-from captum._utils.typing import TargetType
-from captum.attr._utils.attribution import LayerAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._batching import each, finished
 from .._state import preserved_state
-from ..propagation.capture import unwrap
+from ..arguments import TargetType, input_tuple
 from ..propagation.core import safe_divide
-from ..propagation.layers import LayerRef, producing_module, require_module, resolve_module
-from ..propagation.presets import RuleMap
-from ..propagation.upsampler import FineGrainedUpsampler
+from ..propagation.layers import LayerRef, Rules, producing_module, resolve_module
 from ..propagation.views import NegatedRows
+from .base import PropagatedAttribution
 from .validation import as_target, check_inputs, check_target
 
 
@@ -55,29 +50,27 @@ def _one_hot(logits: Tensor, target: TargetType) -> Tensor:
     return torch.nn.functional.one_hot(index, classes).to(logits.dtype)
 
 
-class LRP(LayerAttribution):
-    r"""LRP started at the logits with R0 = onehot_c y_c, to any layer or the input.
+class LRP(PropagatedAttribution):
+    r"""LRP started at the logits with R0 = onehot_c y_c, to any layer or the input (a
+    ``GradientAttribution`` as Captum's ``LRP``, and a ``LayerAttribution`` at ``layer``).
 
     Args:
         forward_func: the model (``nn.Module``).
-        layer: where relevance is returned (its output, or input with
+        layer: where relevance is returned (module or dotted name: its output, or input with
             ``attribute_to_layer_input=True``; the first convolution's input is the image).
+        device_ids: as in Captum (not needed: wrappers are looked through).
         rules: as for :class:`~captum_fgcam.FineGrainedUpsampler` (default: the paper's).
-        output_layer: the module producing the logits (found automatically).
+        output_layer: the module producing the logits (module or dotted name; found
+            automatically).
         fold_batchnorm: fold BatchNorm into the preceding layer (Zennit's convention).
     """
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
+                 device_ids: list[int] | None = None, *, rules: Rules = None,
                  output_layer: LayerRef | None = None, fold_batchnorm: bool = False) -> None:
-        require_module(forward_func)
-        model = forward_func
-        module = unwrap(model)
-        require_module(module)
-        super().__init__(model, resolve_module(module, layer))
-        self.module = module
-        self.output_layer = None if output_layer is None else resolve_module(module, output_layer)
-        self.upsampler = FineGrainedUpsampler(model, output_layer, layer, rules, fold_batchnorm)
+        super().__init__(forward_func, layer, device_ids, output_layer, rules, fold_batchnorm)
+        self.output_layer = (None if output_layer is None
+                             else resolve_module(self.module, output_layer))
 
     def initial_relevances(self, logits: Tensor, target: TargetType) -> list[Tensor]:
         """R0 for each propagation this method needs (here one: onehot_c * y_c)."""
@@ -98,7 +91,7 @@ class LRP(LayerAttribution):
                   ) -> Tensor | tuple[Tensor, ...]:
         """Captum's conventions; returns signed relevance (N x 1 x ... when summed), a tuple
         for a layer input of several tensors."""
-        inputs = _format_tensor_into_tuples(inputs)
+        inputs = input_tuple(inputs)
         check_inputs(self.module, inputs)
         target = as_target(target)
         up = self.upsampler
@@ -121,12 +114,13 @@ class CLRP(LRP):
     """Contrastive LRP; ``dual=1`` (virtual class, default) or ``dual=2`` (other classes)."""
 
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
-                 rules: None | str | RuleMap | Mapping[Any, Any] = None,
+                 device_ids: list[int] | None = None, *, rules: Rules = None,
                  output_layer: LayerRef | None = None, fold_batchnorm: bool = False,
                  dual: int = 1) -> None:
         if dual not in (1, 2):
             raise ValueError(f"dual must be 1 (virtual class) or 2 (other classes); got {dual}")
-        super().__init__(forward_func, layer, rules, output_layer, fold_batchnorm)
+        super().__init__(forward_func, layer, device_ids, rules=rules,
+                         output_layer=output_layer, fold_batchnorm=fold_batchnorm)
         if dual == 1 and self.output_layer is not None \
                 and not isinstance(self.output_layer, nn.Linear):
             raise TypeError("CLRP's first dual negates the output layer's weights, which must "

@@ -25,21 +25,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum._utils.common import _format_tensor_into_tuples
-from captum._utils.typing import TargetType
-from captum.attr._utils.attribution import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from ..arguments import TargetType, input_tuple
 from ..propagation.capture import Capture, unwrap
 from ..propagation.layers import (
     LayerRef,
     cam_layer_in,
-    qualified_name,
     record_example,
     require_module,
+    resolve_module,
 )
 from ..propagation.tokens import as_grid
+from .base import LayerGradientAttribution
 from .cam import GradCamPlusPlus
 
 
@@ -49,26 +48,28 @@ def _minmax(c: Tensor) -> Tensor:
     return (flat / (flat.amax(dim=1, keepdim=True) + 1e-7)).view_as(c)
 
 
-class RefineCam(GradientAttribution):
-    """RefineCAM over ``layers`` (module or dotted name each), with ``base`` a plain CAM class
-    taking ``(model, layer)`` (default :class:`GradCamPlusPlus`)."""
+class RefineCam(LayerGradientAttribution):
+    """RefineCAM over ``layers`` (module or dotted name each, deepest first), with ``base`` a
+    plain CAM class taking ``(model, layer)`` (default :class:`GradCamPlusPlus`); a Captum
+    layer attribution whose ``layer`` is the layer of the map, the last (finest) of
+    ``layers``."""
 
     def __init__(self, forward_func: nn.Module, layers: Sequence[LayerRef],
+                 device_ids: list[int] | None = None, *,
                  base: type = GradCamPlusPlus) -> None:
         require_module(forward_func)
-        super().__init__(forward_func)
-        module = unwrap(forward_func)
         if not layers:
             raise ValueError("RefineCAM needs at least one layer")
-        self.cams = [base(forward_func, module.get_submodule(qualified_name(module, layer)))
-                     for layer in layers]
+        module = unwrap(forward_func)
+        self.cams = [base(forward_func, resolve_module(module, layer)) for layer in layers]
+        super().__init__(forward_func, self.cams[-1].layer, device_ids)
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
                   additional_forward_args: Any = None,
                   size: tuple[int, ...] | None = None) -> Tensor:
         """N x 1 x S map in [0, 1]; ``size`` S defaults to the largest layer resolution."""
-        inputs = _format_tensor_into_tuples(inputs)
+        inputs = input_tuple(inputs)
         maps = [cam.attribute(inputs, target, additional_forward_args).detach()
                 for cam in self.cams]
         size = tuple(size or max((m.shape[2:] for m in maps), key=lambda s: s.numel()))

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum._utils.typing import TargetType
 from torch import Tensor, nn
 
+from ..arguments import TargetType
 from ..propagation.views import CONVOLUTION_LAYERS
 
 UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)

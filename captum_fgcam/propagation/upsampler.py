@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from captum._utils.common import _format_additional_forward_args, _format_tensor_into_tuples
 from torch import Tensor, nn
 
 from .._batching import each, finished
 from .._state import preserved_state
+from ..arguments import forward_args_tuple, input_tuple
 from . import ops
 from .capture import Capture, capture, item_of, unwrap, where_non_finite
 from .core import Call, Rule
@@ -152,7 +152,7 @@ class FineGrainedUpsampler:
                 grad_from: str | None = None) -> Capture:
         """Run the model once on ``inputs`` and record what propagation needs (with
         ``grad_from``: an autograd graph from that module's output to the scores)."""
-        extra = _format_additional_forward_args(additional_forward_args) or ()
+        extra = forward_args_tuple(additional_forward_args) or ()
         return capture(self.module, tuple(inputs), extra, self.rules.is_leaf,
                        self.rules.reads_values, grad_from)
 
@@ -282,7 +282,7 @@ class FineGrainedUpsampler:
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   attr_dim_summation: bool = True) -> Tensor | tuple[Tensor, ...]:
         """Forward once, then propagate ``components``; sums channels unless told not to."""
-        inputs = _format_tensor_into_tuples(inputs)
+        inputs = input_tuple(inputs)
         with preserved_state(self.module):
             cap = self.capture(inputs, additional_forward_args)
             r = self.propagate(self.span(cap, attribute_to_layer_input), components)

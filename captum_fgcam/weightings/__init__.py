@@ -1,21 +1,18 @@
 """CAM weightings: per-channel components E_k = w_k * A_k at the CAM layer.
 
-A weighting follows the :class:`Weighting` protocol: a callable ``(forward_func, layer,
-inputs, target, additional_forward_args) -> Tensor`` returning components with the shape of
-``layer``'s output (N x C x h x w), with a ``requires_target`` flag (a plain function without
-it is taken not to need one). It may run ``forward_func`` any number of times, on any inputs
-(baselines, noise, masked copies): FG-CAM records the forward pass of the real input itself.
-The same weighting serves the plain CAM (sum over channels) and its FG version (propagated).
-Built-in weightings also let FG-CAM reuse its recorded pass: a :class:`GradientWeighting` is
-an equation of A and dy/dA; Score-CAM's ``from_activation`` takes the recorded A.
+A weighting follows the :class:`Weighting` protocol (:mod:`.protocol`): it receives the CAM
+layer's output A for the real input (and dy/dA when it ``requires_gradient``) and a forward
+function, and returns components with A's shape (N x C x h x w). The same weighting serves the
+plain CAM (sum over channels) and its FG version (propagated); FG-CAM hands it the values of the
+forward pass it records anyway. A :class:`GradientWeighting` is an equation of A and dy/dA;
+Score-CAM masks the input with A; a custom weighting may be a plain function (see
+:class:`FunctionWeighting`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
-
-from captum._utils.typing import TargetType
-from torch import Tensor, nn
+from collections.abc import Callable
+from typing import Any
 
 from .conceptor import ConceptorWeighting
 from .gradient import (
@@ -26,20 +23,10 @@ from .gradient import (
     layer_cam,
     xgrad_cam,
 )
+from .protocol import CamRecord, FunctionWeighting, Weighting, components_at
 from .score import ScoreCamWeighting
 
-
-@runtime_checkable
-class Weighting(Protocol):
-    """What FG-CAM and the plain CAMs call to get components."""
-
-    requires_target: bool
-
-    def __call__(self, forward_func: Any, layer: nn.Module, inputs: tuple[Tensor, ...],
-                 target: TargetType, additional_forward_args: Any = None) -> Tensor: ...
-
-
-WEIGHTINGS: dict[str, Any] = {
+WEIGHTINGS: dict[str, Callable[[], Weighting]] = {
     "grad_cam": lambda: grad_cam,
     "grad_cam++": lambda: grad_cam_plus_plus,
     "xgrad_cam": lambda: xgrad_cam,
@@ -50,10 +37,14 @@ WEIGHTINGS: dict[str, Any] = {
 }
 
 
-def get_weighting(weighting: str | Any) -> Any:
-    """A weighting by name (one of :data:`WEIGHTINGS`) or the callable itself."""
-    if callable(weighting):
+def get_weighting(weighting: str | Weighting | Callable[..., Any]) -> Weighting:
+    """A weighting by name (one of :data:`WEIGHTINGS`), a :class:`Weighting` as is, or a
+    function ``(forward_func, layer, inputs, target, additional_forward_args) -> components``
+    wrapped in a :class:`FunctionWeighting`."""
+    if isinstance(weighting, Weighting):
         return weighting
+    if callable(weighting):
+        return FunctionWeighting(weighting)
     if weighting in WEIGHTINGS:
         return WEIGHTINGS[weighting]()
     raise ValueError(
@@ -61,11 +52,6 @@ def get_weighting(weighting: str | Any) -> Any:
         "callable (forward_func, layer, inputs, target, additional_forward_args) -> components")
 
 
-def requires_target(weighting: Any) -> bool:
-    """The weighting's ``requires_target`` (False for a plain function without it)."""
-    return bool(getattr(weighting, "requires_target", False))
-
-
-__all__ = ["ConceptorWeighting", "GradientWeighting", "ScoreCamWeighting", "WEIGHTINGS",
-           "Weighting", "get_weighting", "grad_cam", "grad_cam_plus_plus", "hires_cam",
-           "layer_cam", "requires_target", "xgrad_cam"]
+__all__ = ["CamRecord", "ConceptorWeighting", "FunctionWeighting", "GradientWeighting",
+           "ScoreCamWeighting", "WEIGHTINGS", "Weighting", "components_at", "get_weighting",
+           "grad_cam", "grad_cam_plus_plus", "hires_cam", "layer_cam", "xgrad_cam"]

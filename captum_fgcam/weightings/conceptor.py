@@ -34,11 +34,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum._utils.gradient import compute_layer_gradients_and_eval
-from captum._utils.typing import TargetType
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..arguments import TargetType, layer_gradient
 from ..propagation.tokens import on_grid
+from .protocol import CamRecord
 
 DELTA = 1e-6
 
@@ -72,29 +72,28 @@ class ConceptorWeighting:
     """Conceptor-CAM components (module docstring); ``aperture`` is alpha."""
 
     requires_target = True
+    requires_gradient = True
 
     def __init__(self, aperture: float = 1.0) -> None:
         if aperture <= 0:
             raise ValueError(f"aperture must be positive; got {aperture}")
         self.aperture = aperture
 
-    def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
-                 inputs: tuple[Tensor, ...], target: TargetType,
-                 additional_forward_args: Any = None) -> Tensor:
-        extra = tuple(additional_forward_args or ())
+    def weigh(self, forward_func: Callable[..., Tensor], cam: CamRecord,
+              inputs: tuple[Tensor, ...], target: TargetType,
+              additional_forward_args: tuple[Any, ...] | None) -> Tensor:
+        """The components from A and the target's gradient (recorded) and the strongest
+        competitor's (one more forward pass for the scores, one with a backward pass)."""
         with torch.no_grad():
-            scores = forward_func(*inputs, *extra)
+            scores = forward_func(*inputs, *(additional_forward_args or ()))
         n = scores.shape[0]
         chosen = torch.as_tensor(target, device=scores.device).reshape(-1).expand(n)
         others = scores.detach().clone()
         others[torch.arange(n), chosen] = -torch.inf
         competitor = others.argmax(dim=1)
-        grads, acts = compute_layer_gradients_and_eval(
-            forward_func, layer, inputs, chosen, additional_forward_args)
-        rival, _ = compute_layer_gradients_and_eval(
-            forward_func, layer, inputs, competitor, additional_forward_args)
-        return on_grid(self.components, inputs[0], acts[0].detach(), grads[0].detach(),
-                       rival[0].detach())
+        _, rival = layer_gradient(forward_func, cam.layer, inputs, competitor,
+                                  additional_forward_args)
+        return on_grid(self.components, inputs[0], cam.activation, cam.gradient, rival)
 
     def components(self, a: Tensor, g_target: Tensor, g_rival: Tensor) -> Tensor:
         """E = diag(w_t) (C+ AND NOT C-) A for activations ``a`` (N x C x ...) and the

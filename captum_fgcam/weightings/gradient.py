@@ -10,46 +10,41 @@ r"""Gradient-based CAM weightings. With A the CAM layer's output, g = dy_c/dA (y
 - HiResCAM:    E_k(i,j) = g_k(i,j) A_k(i,j)  (element-wise gradient times activation; its sum
                over channels is Draelos & Carin's map, pytorch-grad-cam's ``HiResCAM``)
 
-Each is a :class:`GradientWeighting`: its equation ``components(A, g)`` is all it defines, so
-FG-CAM can feed it the activation and gradient of its own recorded forward pass (one forward
-and one backward in all), while plain CAMs call it like any weighting.
+Each is a :class:`GradientWeighting`: its equation ``components(A, g)`` is all it defines; FG-CAM
+feeds it the activation and gradient of its own recorded forward pass (one forward and one
+backward in all), a plain CAM those of one pass of its own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
-from captum._utils.gradient import compute_layer_gradients_and_eval
-from captum._utils.typing import TargetType
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..arguments import TargetType
 from ..propagation.core import safe_divide
 from ..propagation.tokens import on_grid
+from .protocol import CamRecord
 
 
 class GradientWeighting:
     """A CAM weighting computed from A and g = dy_c/dA alone."""
 
     requires_target = True
+    requires_gradient = True
 
     def __init__(self, name: str, equation: Callable[[Tensor, Tensor], Tensor]) -> None:
         self.name = name
         self.components = equation
 
-    def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
-                 inputs: tuple[Tensor, ...], target: TargetType,
-                 additional_forward_args: Any = None) -> Tensor:
-        grads, acts = compute_layer_gradients_and_eval(
-            forward_func, layer, inputs, target, additional_forward_args)
-        return self.in_layout(acts[0].detach(), grads[0].detach(), inputs[0])
-
-    def in_layout(self, a: Tensor, g: Tensor, image: Tensor,
-                  grids: Collection[tuple[int, int]] = ()) -> Tensor:
-        """The components for a layer of any layout (a transformer's token grid: computed on
-        the channels-first grid, returned in the layer's layout; ``grids``: the model's
-        spatial sizes, see :mod:`..propagation.tokens`)."""
-        return on_grid(self.components, image, a, g, grids=grids)
+    def weigh(self, forward_func: Callable[..., Tensor], cam: CamRecord,
+              inputs: tuple[Tensor, ...], target: TargetType,
+              additional_forward_args: tuple[Any, ...] | None) -> Tensor:
+        """The equation on A and dy/dA, for a layer of any layout (a transformer's token
+        grid: computed on the channels-first grid, returned in the layer's layout)."""
+        return on_grid(self.components, inputs[0], cam.activation, cam.gradient,
+                       grids=cam.grids)
 
     def __repr__(self) -> str:
         return f"GradientWeighting({self.name!r})"

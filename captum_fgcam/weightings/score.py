@@ -27,19 +27,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from captum._utils.common import (
-    ExpansionTypes,
-    _expand_target,
-    _format_additional_forward_args,
-    _select_targets,
-)
-from captum._utils.typing import TargetType
-from captum.attr import LayerActivation
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._batching import take, take_all
+from ..arguments import TargetType, forward_args_tuple, repeat_targets, select_targets
 from ..propagation.core import safe_divide
 from ..propagation.tokens import on_grid
+from .protocol import CamRecord
 
 
 def channel_masks_score_cam(acts: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -68,6 +62,7 @@ class ScoreCamWeighting:
 
     VARIANTS = ("reference", "score-cam")
     requires_target = True
+    requires_gradient = False
 
     def __init__(self, batch_size: int = 64, variant: str = "reference",
                  progress: bool = True) -> None:
@@ -79,21 +74,15 @@ class ScoreCamWeighting:
         self.variant = variant
         self.progress = progress
 
-    def __call__(self, forward_func: Callable[..., Any], layer: nn.Module,
-                 inputs: tuple[Tensor, ...], target: TargetType,
-                 additional_forward_args: Any = None) -> Tensor:
-        acts = LayerActivation(forward_func, layer).attribute(
-            inputs, additional_forward_args=additional_forward_args).detach()
-        return self.from_activation(forward_func, acts, inputs, target, additional_forward_args)
-
-    def from_activation(self, forward_func: Callable[..., Any], acts: Tensor,
-                        inputs: tuple[Tensor, ...], target: TargetType,
-                        additional_forward_args: Any = None) -> Tensor:
-        """The components for the CAM layer's activation ``acts`` of ``inputs`` (FG-CAM
-        passes the one it recorded): N x C masked forward passes. A transformer's token grid
-        is masked as the grid it is (:mod:`..propagation.tokens`)."""
+    def weigh(self, forward_func: Callable[..., Tensor], cam: CamRecord,
+              inputs: tuple[Tensor, ...], target: TargetType,
+              additional_forward_args: tuple[Any, ...] | None) -> Tensor:
+        """The components for the CAM layer's activation A of ``inputs``: N x C masked
+        forward passes. A transformer's token grid is masked as the grid it is
+        (:mod:`..propagation.tokens`)."""
         return on_grid(lambda grid: self._components(forward_func, grid, inputs, target,
-                                                     additional_forward_args), inputs[0], acts)
+                                                     additional_forward_args),
+                       inputs[0], cam.activation)
 
     def _components(self, forward_func: Callable[..., Any], acts: Tensor,
                     inputs: tuple[Tensor, ...], target: TargetType,
@@ -103,8 +92,8 @@ class ScoreCamWeighting:
                              f"{len(inputs)} input tensors")
         x = inputs[0]
         n, c = acts.shape[:2]
-        extra = _format_additional_forward_args(additional_forward_args) or ()
-        targets = _expand_target(target, c, ExpansionTypes.repeat_interleave)
+        extra = forward_args_tuple(additional_forward_args) or ()
+        targets = repeat_targets(target, c)
         flat_acts = acts.reshape(n * c, *acts.shape[2:])
         weights = torch.empty(n * c, dtype=x.dtype, device=x.device)
         make_masks = channel_masks if self.variant == "reference" else channel_masks_score_cam
@@ -123,7 +112,7 @@ class ScoreCamWeighting:
                 out = forward_func(masked, *take_all(extra, image, n))
                 if self.variant == "reference":
                     out = out.softmax(dim=1)
-                weights[rows] = _select_targets(out, take(targets, rows, n * c)).reshape(-1)
+                weights[rows] = select_targets(out, take(targets, rows, n * c)).reshape(-1)
                 bar.update(len(rows))
         if self.variant == "score-cam":
             weights = weights.reshape(n, c).softmax(dim=1)
