@@ -290,16 +290,18 @@ def _scores(
         idx = samples[jobs]
         output = forward_func(make(jobs), *take_all(additional_forward_args, idx, n))
         if not out:
-            _check_scores(output, targets)
+            check_scores(output, targets)
         if use_softmax:
             output = torch.softmax(output, dim=1)
         out.append(output.gather(1, targets[idx].unsqueeze(1)).squeeze(1))
     return torch.cat(out)
 
 
-def _check_scores(output: Tensor, targets: Tensor) -> None:
+def check_scores(output: Any, targets: Tensor, source: str = "forward_func") -> None:
+    """Refuse an ``output`` of ``source`` that is not (N, classes) scores, or ``targets``
+    outside its classes."""
     if not isinstance(output, Tensor) or output.dim() != 2:
-        raise ValueError("forward_func must return scores of shape (N, classes), got "
+        raise ValueError(f"{source} must return scores of shape (N, classes), got "
                          f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
     bad = targets[(targets < 0) | (targets >= output.shape[1])]
     if bad.numel():

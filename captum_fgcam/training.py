@@ -36,6 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .metrics import check_scores
+
 DISTANCES = ("cosine", "l1", "mse")
 
 # every spelling of a ReLU: its positional argument names and defaults (clamp to [min_val,
@@ -253,13 +255,7 @@ class InterpretableGradientLoss(nn.Module):
                                  "guided backpropagation changes only ReLUs' gradients, so the "
                                  "regulariser would be 0; use ReLU activations or train with "
                                  "plain cross-entropy")
-            if not isinstance(logits, Tensor) or logits.dim() != 2:
-                raise ValueError("the model must return logits of shape (N, classes); got "
-                                 f"{type(logits).__name__} {tuple(getattr(logits, 'shape', ()))}")
-            bad = target[(target < 0) | (target >= logits.shape[1])]
-            if bad.numel():
-                raise ValueError(f"target {bad[0].item()} is out of range: the model has "
-                                 f"{logits.shape[1]} classes (0 to {logits.shape[1] - 1})")
+            check_scores(logits, target, "the model")
         except BaseException:
             trace.restore()
             raise
