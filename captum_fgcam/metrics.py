@@ -5,8 +5,19 @@ several batches, shards or processes can be summed and then divided by the total
 
 Conventions shared by all functions:
 
-* ``attributions`` may have shape (N, 1, h, w), (N, h, w) or (N, C, h, w) (channels are summed);
-  the map is upsampled bilinearly (``align_corners=False``) to the input's (or region's) size.
+* ``attributions`` may have shape (N, 1, h, w), (N, h, w) or (N, C, h, w) (channels are summed),
+  a tensor or a numpy array; the map is resized bilinearly (``align_corners=False``) to the
+  input's (or region's) size (H, W). It must have the image's aspect ratio: (h, w) must be
+  (H, W) scaled by one factor s, each side rounded either way, |H/s - h| < 1 and |W/s - w| < 1
+  for some s > 0 (every CNN's or ViT's feature grid qualifies; a map of a crop does not: resize
+  it yourself with ``F.interpolate`` if stretching is meant).
+* Regions are masks (N, H, W), (N, 1, H, W) or (H, W), bool or 0/1 valued, or boxes (N, 4),
+  (1, 4) or (4,) (x0, y0, x1, y1); tensors, numpy arrays or lists. The form is read from the
+  shape; the one shape both could have, (N, 4) or (1, 4) not bool, is boxes with ``image_size``
+  and refused without it (``form="mask"`` or ``form="boxes"`` says which it is).
+* Inputs, maps, regions, targets and options are checked before any model call: empty batches,
+  batch sizes that disagree, non-finite inputs, maps or boxes and wrong shapes or types are
+  refused naming the fix.
 * Pixels are ranked by the upsampled map, most important first, with a stable sort: equal values
   keep row-major order (the lower flat index ranks first), so results are deterministic.
 * "Removing" a pixel replaces it, in all channels, with the same pixel of ``blur(inputs)``
@@ -28,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,6 +48,8 @@ from ._batching import take_all
 from .attr.validation import as_target
 
 TargetLike = int | Sequence[int] | Tensor
+ArrayLike = Tensor | np.ndarray | Sequence[Any]
+Form = Literal["mask", "boxes"] | None
 
 __all__ = [
     "Blur", "DEFAULT_BLUR", "RISE_BLUR", "DropIncrease", "InsertionDeletion",
@@ -135,14 +149,53 @@ class InsertionDeletion:
         return self.overall.mean().item()
 
 
-def _saliency(attributions: Tensor, size: tuple[int, int]) -> Tensor:
-    """The (N, H, W) map: channels summed, upsampled bilinearly to ``size`` = (H, W)."""
-    if attributions.dim() == 4:
-        attributions = attributions.sum(dim=1)
-    elif attributions.dim() != 3:
+def _as_tensor(value: Any, name: str) -> Tensor:
+    """``value`` as a tensor: a tensor as it is, a numpy array or a list of numbers converted."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, (np.ndarray, list, tuple)):
+        try:
+            return torch.as_tensor(np.asarray(value))
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be a tensor, a numpy array or a list of numbers; "
+                            f"{error}") from None
+    raise TypeError(f"{name} must be a tensor, a numpy array or a list of numbers; got "
+                    f"{type(value).__name__}")
+
+
+def _maps(attributions: Any) -> Tensor:
+    """``attributions`` as a non-empty (N, 1, h, w), (N, h, w) or (N, C, h, w) tensor."""
+    attributions = _as_tensor(attributions, "attributions")
+    if attributions.dim() not in (3, 4):
         raise ValueError(
             "attributions must have shape (N, 1, h, w), (N, h, w) or (N, C, h, w), got "
-            f"{tuple(attributions.shape)}")
+            f"{tuple(attributions.shape)} (one map: add the batch axis, maps[None])")
+    if attributions.shape[0] == 0:
+        raise ValueError("the batch is empty (0 maps): there is nothing to evaluate")
+    if attributions.is_complex():
+        raise TypeError(f"attributions must be real numbers, got {attributions.dtype}")
+    return attributions
+
+
+def _check_aspect(grid: tuple[int, int], size: tuple[int, int]) -> None:
+    """Refuse a map of grid (h, w) unless some s > 0 gives |H/s - h| < 1 and |W/s - w| < 1
+    for the image size (H, W): s in (H/(h+1), H/(h-1)) on each side (h = 1: no upper end)."""
+    low = max(side / (cells + 1) for side, cells in zip(size, grid, strict=True))
+    high = min(side / (cells - 1) if cells > 1 else math.inf
+               for side, cells in zip(size, grid, strict=True))
+    if low >= high:
+        raise ValueError(
+            f"a {grid[0]} x {grid[1]} map does not have the aspect ratio of the {size[0]} x "
+            f"{size[1]} image it is measured on, so it would be stretched: give a map of that "
+            "image (or of its feature grid), or resize it yourself if stretching is meant, "
+            f"F.interpolate(maps, size={tuple(size)}, mode='bilinear', align_corners=False)")
+
+
+def _saliency(attributions: Tensor, size: tuple[int, int]) -> Tensor:
+    """The (N, H, W) map: channels summed, upsampled bilinearly to ``size`` = (H, W)."""
+    _check_aspect(tuple(attributions.shape[-2:]), size)
+    if attributions.dim() == 4:
+        attributions = attributions.sum(dim=1)
     sal = attributions.detach().float()
     bad = (~torch.isfinite(sal.flatten(1))).any(dim=1).nonzero().flatten().tolist()
     if bad:
@@ -164,6 +217,9 @@ def _pixel_ranks(sal: Tensor) -> Tensor:
 
 def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
     target = as_target(target)
+    if not isinstance(target, (int, list, tuple, Tensor)):
+        raise TypeError(f"target must be class indices (an int, a list, a numpy array or a "
+                        f"tensor of integers), got {type(target).__name__}")
     if isinstance(target, Tensor) and target.dim() == 0:
         target = target.item()
     t = torch.as_tensor(target, dtype=torch.long, device=device)
@@ -175,14 +231,41 @@ def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
     return t
 
 
-def _check(inputs: Tensor, attributions: Tensor) -> Tensor:
-    """``inputs``, detached, after checking the shapes."""
+def _check(forward_func: Any, inputs: Any, attributions: Any) -> tuple[Tensor, Tensor]:
+    """``inputs``, detached, and the maps as a tensor, after checking them."""
+    if not callable(forward_func):
+        raise TypeError(f"forward_func must be the model (a callable), got "
+                        f"{type(forward_func).__name__}")
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be the model's input tensor (N, C, H, W), got "
+                        f"{type(inputs).__name__}: convert it with torch.as_tensor")
     if inputs.dim() != 4:
         raise ValueError(f"inputs must have shape (N, C, H, W), got {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got {inputs.dtype}: convert them as "
+                        "the model expects (e.g. x.float() / 255, then normalise)")
+    if inputs.shape[0] == 0:
+        raise ValueError("the batch is empty (0 images): there is nothing to evaluate")
+    if not bool(torch.isfinite(inputs).all()):
+        bad = (~torch.isfinite(inputs.flatten(1))).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"inputs of images {bad} contain NaN or Inf; drop or repair them")
+    attributions = _maps(attributions)
     if attributions.shape[0] != inputs.shape[0]:
         raise ValueError(f"attributions have {attributions.shape[0]} images, inputs "
-                         f"{inputs.shape[0]}")
-    return inputs.detach()
+                         f"{inputs.shape[0]}: pass one map per image")
+    return inputs.detach(), attributions
+
+
+def _blurred(blur: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+    """``blur(inputs)``, checked to be a tensor of the inputs' shape."""
+    if not callable(blur):
+        raise TypeError(f"blur must be a callable Tensor -> Tensor, got {type(blur).__name__}")
+    blurred = blur(inputs)
+    if not isinstance(blurred, Tensor) or blurred.shape != inputs.shape:
+        raise ValueError(f"blur must return a tensor of the inputs' shape "
+                         f"{tuple(inputs.shape)}, got {type(blurred).__name__} "
+                         f"{tuple(getattr(blurred, 'shape', ()))}")
+    return blurred
 
 
 @torch.no_grad()
@@ -207,16 +290,18 @@ def _scores(
         idx = samples[jobs]
         output = forward_func(make(jobs), *take_all(additional_forward_args, idx, n))
         if not out:
-            _check_scores(output, targets)
+            check_scores(output, targets)
         if use_softmax:
             output = torch.softmax(output, dim=1)
         out.append(output.gather(1, targets[idx].unsqueeze(1)).squeeze(1))
     return torch.cat(out)
 
 
-def _check_scores(output: Tensor, targets: Tensor) -> None:
+def check_scores(output: Any, targets: Tensor, source: str = "forward_func") -> None:
+    """Refuse an ``output`` of ``source`` that is not (N, classes) scores, or ``targets``
+    outside its classes."""
     if not isinstance(output, Tensor) or output.dim() != 2:
-        raise ValueError("forward_func must return scores of shape (N, classes), got "
+        raise ValueError(f"{source} must return scores of shape (N, classes), got "
                          f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
     bad = targets[(targets < 0) | (targets >= output.shape[1])]
     if bad.numel():
@@ -248,7 +333,7 @@ def _as_additional(args: Any) -> tuple[Any, ...] | None:
 def average_drop_increase(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,
-    attributions: Tensor,
+    attributions: ArrayLike,
     target: TargetLike,
     keep: float = 0.5,
     blur: Callable[[Tensor], Tensor] = DEFAULT_BLUR,
@@ -272,7 +357,7 @@ def average_drop_increase(
     tensors have shape (N,). Scores should be positive (softmax, the default) for drop to mean a
     relative drop.
     """
-    inputs = _check(inputs, attributions)
+    inputs, attributions = _check(forward_func, inputs, attributions)
     if not 0 <= keep <= 1:
         raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
     n, _, h, w = inputs.shape
@@ -286,7 +371,7 @@ def average_drop_increase(
         if positive_only:
             k = torch.minimum(k, (sal.flatten(1) > 0).sum(dim=1))
         counts = torch.cat([torch.full((n,), h * w, device=inputs.device), k])
-        make = _composite(inputs, blur(inputs), _pixel_ranks(sal), samples, counts,
+        make = _composite(inputs, _blurred(blur, inputs), _pixel_ranks(sal), samples, counts,
                           torch.ones_like(samples, dtype=torch.bool))
     elif mode == "multiply":
         scaled = torch.cat([inputs, sal.unsqueeze(1).to(inputs.dtype) * inputs])
@@ -304,7 +389,7 @@ def average_drop_increase(
 def insertion_deletion(
     forward_func: Callable[..., Tensor],
     inputs: Tensor,
-    attributions: Tensor,
+    attributions: ArrayLike,
     target: TargetLike,
     pixels_per_step: int | None = 448,
     steps: int | None = None,
@@ -324,7 +409,7 @@ def insertion_deletion(
     image) and vice versa (the blurred image), so each image costs 2S forward passes, in batches
     of ``batch_size`` images drawn from all steps and all images.
     """
-    inputs = _check(inputs, attributions)
+    inputs, attributions = _check(forward_func, inputs, attributions)
     n, _, h, w = inputs.shape
     total = h * w
     if steps is not None:
@@ -343,7 +428,7 @@ def insertion_deletion(
     job_insert = torch.arange(job_counts.shape[0], device=device) <= s
     samples = torch.arange(n, device=device).repeat_interleave(job_counts.shape[0])
     ranks = _pixel_ranks(_saliency(attributions, (h, w)).to(device))
-    make = _composite(inputs, blur(inputs), ranks, samples, job_counts.repeat(n),
+    make = _composite(inputs, _blurred(blur, inputs), ranks, samples, job_counts.repeat(n),
                       job_insert.repeat(n))
     scores = _scores(forward_func, make, samples, _targets(target, n, device),
                      _as_additional(additional_forward_args), use_softmax, batch_size)
@@ -357,84 +442,132 @@ def insertion_deletion(
         deletion=torch.trapezoid(deletion, fractions, dim=1))
 
 
-def _is_boxes(region: Tensor, n: int) -> bool:
-    return region.dtype != torch.bool and (region.shape == (n, 4) or region.shape == (4,))
+def _image_size(image_size: Any) -> tuple[int, int] | None:
+    if image_size is None:
+        return None
+    size = tuple(image_size) if isinstance(image_size, (tuple, list, torch.Size)) else ()
+    if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 and v > 0 for v in size):
+        raise ValueError(f"image_size must be (H, W), two positive integers, got {image_size!r}")
+    return int(size[0]), int(size[1])
 
 
-def _region_mask(region: Tensor, n: int, size: tuple[int, int]) -> Tensor:
-    """(N, H, W) bool mask from a mask (N, H, W), (N, 1, H, W) or (H, W) -- bool, or any dtype
-    holding only 0 and 1 (Quantus' s_batch) -- or from boxes (N, 4) / (4,) given as
-    (x0, y0, x1, y1) pixel coordinates with exclusive ends, in an image of ``size`` = (H, W)."""
+def _form(region: Tensor, n: int, image_size: tuple[int, int] | None, form: Form) -> str:
+    """"mask" or "boxes": ``form`` if given, else read from the shape; a non-bool (N, 4) or
+    (1, 4), which an N x 4 mask has too, is boxes only with an ``image_size`` other than that."""
+    if form is not None:
+        if form not in ("mask", "boxes"):
+            raise ValueError(f"form must be 'mask', 'boxes' or None, got {form!r}")
+        return form
+    if region.dtype == torch.bool or region.dim() != 2 and region.shape != (4,):
+        return "mask"
+    if region.dim() == 1:
+        return "boxes"
+    if region.shape[1] != 4 or region.shape[0] not in (1, n):
+        return "mask"
+    if image_size is None:
+        raise ValueError(
+            f"a region of shape {tuple(region.shape)} is boxes (x0, y0, x1, y1) or a "
+            f"{region.shape[0]} x 4 mask: boxes are pixel coordinates of an image, so pass "
+            "image_size=(H, W) of that image; for a mask pass form='mask'")
+    if image_size == tuple(region.shape):
+        raise ValueError(f"a region of shape {tuple(region.shape)} with image_size "
+                         f"{image_size} is boxes or a mask: pass form='boxes' or form='mask'")
+    return "boxes"
+
+
+def _boxes_mask(boxes: Tensor, n: int, size: tuple[int, int]) -> Tensor:
+    """(N, H, W) bool mask of boxes (N, 4), (1, 4) or (4,) given as (x0, y0, x1, y1) pixel
+    coordinates with exclusive ends, in an image of ``size`` = (H, W)."""
     h, w = size
-    if _is_boxes(region, n):
-        boxes = region.reshape(-1, 4).double().expand(n, 4)
-        if not bool(torch.isfinite(boxes).all()):
-            raise ValueError("boxes contain NaN or Inf")
-        x0, y0, x1, y1 = boxes.round().long().unbind(dim=1)
-        inverted = ((x1 < x0) | (y1 < y0)).nonzero().flatten().tolist()
-        if inverted:
-            raise ValueError(f"boxes of images {inverted} are inverted; give (x0, y0, x1, y1) "
-                             "with x0 <= x1 and y0 <= y1 (exclusive ends)")
-        ys = torch.arange(h, device=region.device).view(1, h, 1)
-        xs = torch.arange(w, device=region.device).view(1, 1, w)
-        return ((ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1))
-                & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1)))
+    if boxes.dtype == torch.bool or boxes.is_complex() or boxes.shape[-1:] != (4,) \
+            or boxes.dim() > 2 or boxes.dim() == 2 and boxes.shape[0] not in (1, n):
+        raise ValueError(f"boxes must be numbers of shape ({n}, 4), (1, 4) or (4,) "
+                         f"(x0, y0, x1, y1), got {boxes.dtype} {tuple(boxes.shape)}")
+    boxes = boxes.reshape(-1, 4).double().expand(n, 4)
+    if not bool(torch.isfinite(boxes).all()):
+        raise ValueError("boxes contain NaN or Inf")
+    x0, y0, x1, y1 = boxes.round().long().unbind(dim=1)
+    inverted = ((x1 < x0) | (y1 < y0)).nonzero().flatten().tolist()
+    if inverted:
+        raise ValueError(f"boxes of images {inverted} are inverted; give (x0, y0, x1, y1) "
+                         "with x0 <= x1 and y0 <= y1 (exclusive ends)")
+    ys = torch.arange(h, device=boxes.device).view(1, h, 1)
+    xs = torch.arange(w, device=boxes.device).view(1, 1, w)
+    return ((ys >= y0.view(-1, 1, 1)) & (ys < y1.view(-1, 1, 1))
+            & (xs >= x0.view(-1, 1, 1)) & (xs < x1.view(-1, 1, 1)))
+
+
+def _mask(region: Tensor, n: int, image_size: tuple[int, int] | None) -> Tensor:
+    """(N or 1, H, W) bool mask from a mask (N, H, W), (N, 1, H, W) or (H, W): bool, or any
+    dtype holding only 0 and 1 (Quantus' s_batch)."""
     if region.dim() == 4 and region.shape[1] == 1:
         region = region[:, 0]
     if region.dim() not in (2, 3) or (region.dim() == 3 and region.shape[0] not in (1, n)):
         raise ValueError(f"region must be a mask (N, H, W), (N, 1, H, W) or (H, W), or boxes "
                          f"(N, 4), for {n} images; got shape {tuple(region.shape)}")
     if region.dtype != torch.bool:
-        if not bool(((region == 0) | (region == 1)).all()):
+        if region.is_complex() or not bool(((region == 0) | (region == 1)).all()):
             raise ValueError(f"a {region.dtype} mask must hold only 0 and 1; threshold it "
                              "(mask > 0.5) or pass a bool mask")
         region = region.bool()
-    if tuple(region.shape[-2:]) != (h, w):
-        raise ValueError(f"mask has size {tuple(region.shape[-2:])}, expected {(h, w)}")
-    return region.expand(n, h, w)
+    if image_size is not None and tuple(region.shape[-2:]) != image_size:
+        raise ValueError(f"the mask is {tuple(region.shape[-2:])} but image_size is "
+                         f"{image_size}: a mask is the image's size (drop image_size, which is "
+                         "for boxes, or resize the mask)")
+    return region
 
 
-def _map_and_mask(attributions: Tensor, region: Tensor, image_size: tuple[int, int] | None
+def _map_and_mask(attributions: Any, region: Any, image_size: Any, form: Form
                   ) -> tuple[Tensor, Tensor]:
+    """The (N, H, W) map at the region's image size and the (N, H, W) bool region."""
+    attributions = _maps(attributions)
+    region = _as_tensor(region, "region")
+    size = _image_size(image_size)
     n = attributions.shape[0]
-    if _is_boxes(region, n):
-        if image_size is None:
+    if _form(region, n, size, form) == "boxes":
+        if size is None:
             raise ValueError(
                 "boxes are pixel coordinates of an image: pass image_size=(H, W) of that "
                 f"image (the {tuple(attributions.shape[-2:])} map is upsampled to it)")
-        size = tuple(image_size)
-    else:
-        size = tuple(region.shape[-2:])
+        sal = _saliency(attributions, size)
+        return sal, _boxes_mask(region.to(sal.device), n, size)
+    mask = _mask(region, n, size)
+    size = tuple(mask.shape[-2:])
     sal = _saliency(attributions, size)
-    return sal, _region_mask(region.to(sal.device), n, size)
+    return sal, mask.to(sal.device).expand(n, *size)
 
 
-def energy_proportion(attributions: Tensor, region: Tensor,
-                      image_size: tuple[int, int] | None = None) -> Tensor:
+def energy_proportion(attributions: ArrayLike, region: ArrayLike,
+                      image_size: tuple[int, int] | None = None, form: Form = None) -> Tensor:
     """Energy-based pointing game ("Proportion"), shape (N,):
     sum_{p in region} max(0, m_p) / sum_p max(0, m_p), 0 where the map has no positive mass.
 
     ``region``: a mask (N, H, W), (N, 1, H, W) or (H, W), bool or 0/1 valued (the map is
-    upsampled to its size), or boxes (N, 4) or (4,) (x0, y0, x1, y1, exclusive ends) in pixels
-    of an image of ``image_size`` = (H, W), required with boxes. Inverted or non-finite boxes
-    are refused.
+    upsampled to its size; ``image_size``, if given, must equal it), or boxes (N, 4), (1, 4) or
+    (4,) (x0, y0, x1, y1, exclusive ends) in pixels of an image of ``image_size`` = (H, W),
+    required with boxes; a tensor, numpy array or list. ``form`` ("mask" or "boxes") says which
+    where the shape cannot (module docstring). Inverted or non-finite boxes are refused.
     """
-    sal, mask = _map_and_mask(attributions, region, image_size)
+    sal, mask = _map_and_mask(attributions, region, image_size, form)
     positive = sal.clamp(min=0)
     inside = (positive * mask).sum(dim=(1, 2))
     total = positive.sum(dim=(1, 2))
     return torch.where(total > 0, inside / total, torch.zeros_like(total))
 
 
-def pointing_game(attributions: Tensor, region: Tensor, tolerance: float = 0,
-                  image_size: tuple[int, int] | None = None) -> Tensor:
+def pointing_game(attributions: ArrayLike, region: ArrayLike, tolerance: float = 0,
+                  image_size: tuple[int, int] | None = None, form: Form = None) -> Tensor:
     """Pointing game (Zhang et al.), shape (N,) of 0./1.: 1 where the map's maximum lies within
     Euclidean distance ``tolerance`` (pixels) of the region. Ties for the maximum (the plateau
     a coarse map gets when upsampled to the image): the tied pixel nearest to the tied pixels'
     centroid, then the first in row-major order. A constant map (e.g. all zeros) points nowhere:
-    0. ``region`` and ``image_size`` as in :func:`energy_proportion`.
+    0. ``region``, ``image_size`` and ``form`` as in :func:`energy_proportion`.
     """
-    sal, mask = _map_and_mask(attributions, region, image_size)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.number)) \
+            or not 0 <= tolerance < math.inf:
+        raise ValueError(f"tolerance must be a distance in pixels >= 0, got {tolerance!r}")
+    sal, mask = _map_and_mask(attributions, region, image_size, form)
     n, h, w = sal.shape
     ys = torch.arange(h, device=sal.device, dtype=sal.dtype).view(1, h, 1)
     xs = torch.arange(w, device=sal.device, dtype=sal.dtype).view(1, 1, w)
@@ -450,24 +583,24 @@ def pointing_game(attributions: Tensor, region: Tensor, tolerance: float = 0,
     return ((near & mask).flatten(1).any(dim=1) & ~constant).to(sal.dtype)
 
 
-def unseen_mass(attributions: Tensor, unseen: Tensor,
-                image_size: tuple[int, int] | None = None) -> Tensor:
+def unseen_mass(attributions: ArrayLike, unseen: ArrayLike,
+                image_size: tuple[int, int] | None = None, form: Form = None) -> Tensor:
     """Share of positive attribution mass inside a region the model cannot see (Taimeskhanov et
     al., "CAM-based methods can see through walls"), shape (N,):
     sum_{p in unseen} max(0, m_p) / sum_p max(0, m_p); a method following the model's real
     connections gives ~0. ``unseen`` as ``region`` in :func:`energy_proportion`.
     """
-    return energy_proportion(attributions, unseen, image_size)
+    return energy_proportion(attributions, unseen, image_size, form)
 
 
-def dead_zone(attributions: Tensor, region: Tensor,
-              image_size: tuple[int, int] | None = None) -> Tensor:
+def dead_zone(attributions: ArrayLike, region: ArrayLike,
+              image_size: tuple[int, int] | None = None, form: Form = None) -> Tensor:
     """Taimeskhanov et al.'s measure for a wall, shape (N,): with m the positive part of the
     map (their CAMs are ReLU'd; a signed map's zeros would otherwise be lifted above its
     minimum), upsampled to the image and min-max normalised per image (m - min) / (max - min),
     ||m restricted to the region||_2 / ||m||_2 (0 for a constant map). ``region`` as in
     :func:`energy_proportion` (their region: the bottom rows the classifier never reads)."""
-    sal, mask = _map_and_mask(attributions, region, image_size)
+    sal, mask = _map_and_mask(attributions, region, image_size, form)
     flat = sal.flatten(1).clamp(min=0)
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     scaled = torch.where(high > low, (flat - low) / (high - low), torch.zeros_like(flat))

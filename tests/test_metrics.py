@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import numpy as np
@@ -176,14 +177,16 @@ def test_unseen_mass():
     unseen[8:] = True
     torch.testing.assert_close(unseen_mass(INSIDE, unseen[4:12, 4:12]), torch.zeros(2))
     torch.testing.assert_close(unseen_mass(torch.ones(2, 4, 4), unseen), torch.full((2,), 0.5))
-    # a model that cannot see the bottom half: Grad-CAM, stretched over the whole image, puts
-    # mass there ("seeing through walls"); FG-Grad-CAM follows the crop and puts none
+    # a model that cannot see the bottom half: Grad-CAM, stretched over the whole image (the
+    # metric refuses to stretch: it is done here), puts mass there ("seeing through walls");
+    # FG-Grad-CAM follows the crop and puts none
     torch.manual_seed(0)
     model = BehindFront(Crop()).eval()
     x = torch.randn(2, 3, 16, 16)
     gradcam = LayerGradCam(model, model.features[2]).attribute(x, 1, relu_attributions=True)
     assert gradcam.shape == (2, 1, 8, 16)
-    assert (unseen_mass(gradcam, unseen) > 0.2).all()
+    stretched = F.interpolate(gradcam, size=(16, 16), mode="bilinear", align_corners=False)
+    assert (unseen_mass(stretched, unseen) > 0.2).all()
     fg = FGGradCam(model, model.front).attribute(x, 1, attribute_to_layer_input=True)
     assert fg.shape == (2, 1, 16, 16)
     assert torch.equal(unseen_mass(fg, unseen), torch.zeros(2))
@@ -474,3 +477,115 @@ def test_dead_zone_known_answers():
     region[2:] = True
     torch.testing.assert_close(dead_zone(m - 1, region), torch.tensor([1 / 5 ** 0.5]))
     assert dead_zone(torch.ones(1, 1, 4, 4), region).item() == 0  # constant map
+
+
+# ---------------------------------------------------------------- inputs: refused or converted
+
+
+class Counting(nn.Module):
+    """SmallCNN that counts its calls (a refusal must come before any)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.calls = SmallCNN().eval(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+X8 = torch.rand(2, 3, 8, 8)
+MAPS = torch.rand(2, 1, 8, 8)
+FLOAT_MASK = torch.zeros(2, 4)  # a 2 x 4 image's mask, or two boxes?
+FLOAT_MASK[:, :2] = 1.0
+NAN_X = X8.clone()
+NAN_X[1, 0, 0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("call, error, fix", [
+    # a map of another aspect ratio than the image
+    (lambda m: average_drop_increase(m, X8, torch.rand(2, 1, 4, 8), 0), ValueError,
+     "F.interpolate(maps, size=(8, 8)"),
+    (lambda m: insertion_deletion(m, X8, torch.rand(2, 8, 2), 0), ValueError,
+     "F.interpolate(maps, size=(8, 8)"),
+    (lambda m: energy_proportion(torch.rand(2, 1, 8, 16), torch.ones(2, 16, 16, dtype=bool)),
+     ValueError, "F.interpolate(maps, size=(16, 16)"),
+    (lambda m: pointing_game(torch.rand(2, 3, 7), torch.tensor([[0, 0, 4, 4]] * 2),
+                             image_size=(224, 224)), ValueError, "aspect ratio"),
+    (lambda m: unseen_mass(torch.rand(2, 8, 4), torch.ones(8, 8)), ValueError, "aspect ratio"),
+    # a float mask where boxes could be meant, and the other region mistakes
+    (lambda m: energy_proportion(MAPS, FLOAT_MASK), ValueError, "form='mask'"),
+    (lambda m: energy_proportion(MAPS, FLOAT_MASK[:1]), ValueError, "form='mask'"),
+    (lambda m: pointing_game(torch.rand(2, 2, 4), FLOAT_MASK, image_size=(2, 4)), ValueError,
+     "form='boxes' or form='mask'"),
+    (lambda m: energy_proportion(MAPS, FLOAT_MASK.numpy()), ValueError, "form='mask'"),
+    (lambda m: energy_proportion(MAPS, torch.ones(2, 8, 8), image_size=(16, 16)), ValueError,
+     "drop image_size"),
+    (lambda m: energy_proportion(MAPS, torch.ones(2, 3), form="boxes", image_size=(8, 8)),
+     ValueError, "(x0, y0, x1, y1)"),
+    (lambda m: energy_proportion(MAPS, torch.ones(2, 8, 8), form="box"), ValueError,
+     "form must be 'mask', 'boxes' or None"),
+    (lambda m: energy_proportion(MAPS, [[0, 0, 4, 4]] * 2, image_size=(0, 8)), ValueError,
+     "two positive integers"),
+    (lambda m: energy_proportion(MAPS, [[0, 0, 4, 4]] * 2, image_size="8x8"), ValueError,
+     "two positive integers"),
+    (lambda m: energy_proportion(MAPS, "top-left"), TypeError, "a numpy array or a list"),
+    (lambda m: energy_proportion(MAPS, [[0, 0, 4], [0, 0, 4, 4]], image_size=(8, 8)),
+     TypeError, "a list of numbers"),
+    (lambda m: pointing_game(MAPS, torch.ones(2, 8, 8), tolerance=-1), ValueError,
+     "tolerance must be a distance"),
+    (lambda m: pointing_game(MAPS, torch.ones(2, 8, 8), tolerance=float("nan")), ValueError,
+     "tolerance must be a distance"),
+    # empty batches
+    (lambda m: energy_proportion(MAPS[:0], torch.ones(0, 8, 8)), ValueError, "batch is empty"),
+    (lambda m: average_drop_increase(m, X8[:0], MAPS[:0], 0), ValueError, "batch is empty"),
+    (lambda m: insertion_deletion(m, X8[:0], MAPS[:0], []), ValueError, "batch is empty"),
+    # inputs, maps, batch sizes, the model, the blur
+    (lambda m: average_drop_increase(m, X8.numpy(), MAPS, 0), TypeError, "torch.as_tensor"),
+    (lambda m: insertion_deletion(m, (X8 * 255).byte(), MAPS, 0), TypeError, "x.float()"),
+    (lambda m: insertion_deletion(m, NAN_X, MAPS, 0), ValueError, "drop or repair"),
+    (lambda m: average_drop_increase(m, X8, MAPS[:1], 0), ValueError, "one map per image"),
+    (lambda m: average_drop_increase(m, X8, "maps", 0), TypeError, "a numpy array or a list"),
+    (lambda m: energy_proportion(MAPS[0, 0], torch.ones(8, 8)), ValueError, "maps[None]"),
+    (lambda m: average_drop_increase("resnet18", X8, MAPS, 0), TypeError,
+     "forward_func must be the model"),
+    (lambda m: insertion_deletion(m, X8, MAPS, 0, blur=lambda x: x[0]), ValueError,
+     "blur must return a tensor of the inputs' shape"),
+    (lambda m: insertion_deletion(m, X8, MAPS, "cat"), TypeError, "class indices"),
+    (lambda m: average_drop_increase(m, X8, MAPS, None), TypeError, "class indices"),
+])
+def test_bad_metric_inputs_are_refused_naming_the_fix_before_any_model_call(call, error, fix):
+    model = Counting()
+    with pytest.raises(error, match=re.escape(fix)):
+        call(model)
+    assert model.calls == 0
+
+
+def test_other_forms_of_valid_inputs_give_the_same_numbers(cnn, batch):
+    """numpy maps and masks, lists of boxes, a (1, 4) box for every image, a list image_size,
+    ``form="mask"`` for an N x 4 mask, a feature grid that is not an integer downsampling: the
+    numbers of the tensor forms, bit for bit."""
+    x, attr, targets = batch
+    mask = torch.zeros(3, 12, 12, dtype=torch.bool)
+    mask[:, 2:7, 3:9] = True
+    box = torch.tensor([[3, 2, 9, 7]] * 3)
+    for metric in (energy_proportion, pointing_game, unseen_mass):
+        want = metric(attr, mask)
+        assert torch.equal(metric(attr.numpy(), mask.numpy()), want)
+        assert torch.equal(metric(attr, mask.numpy().astype(np.uint8)), want)
+        assert torch.equal(metric(attr, box.tolist(), image_size=[12, 12]), want)
+        assert torch.equal(metric(attr, box[:1], image_size=(12, 12)), want)
+        assert torch.equal(metric(attr, mask[:, None].float(), form="mask"), want)
+    narrow = torch.zeros(3, 2, 4)
+    narrow[:, :, :2] = 1
+    assert torch.equal(energy_proportion(attr[:, :, :2, :4], narrow, form="mask"),
+                       energy_proportion(attr[:, :, :2, :4], narrow.bool()))
+    grid = torch.rand(3, 7, 8)  # ResNet's grid of a 224 x 225 image (ceil(225 / 32) = 8)
+    whole = torch.ones(224, 225, dtype=torch.bool)
+    assert torch.equal(energy_proportion(grid, whole), torch.ones(3))
+    drop = average_drop_increase(cnn, x, attr, targets)
+    same = average_drop_increase(cnn, x, attr.numpy(), np.array(targets))
+    assert torch.equal(drop.drop, same.drop)
+    curves = insertion_deletion(cnn, x, attr[:, 0].numpy(), targets, steps=4)
+    assert torch.equal(curves.insertion, insertion_deletion(cnn, x, attr, targets, steps=4)
+                       .insertion)

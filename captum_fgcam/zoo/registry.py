@@ -34,7 +34,7 @@ _ZOO: dict[str, Entry] = {
     "scenes-resnet": Entry(scenes_resnet),
     "scenes-wall": Entry(scenes_wall, {"wall": True}),
     "scenes-fc-wall": Entry(scenes_vgg16bn_fc_wall, {"wall": True}),
-    # the regulariser on 8 of every 64 images: the whole batch would cost 6.5x the plain training
+    # the regulariser on 8 of every 64 images: the whole batch would cost 4x the plain training
     "scenes-vgg16bn-ig": Entry(scenes_vgg16bn,
                                loss=lambda model: InterpretableGradientLoss(model, subset=8)),
     # the harder benchmark: 128 px, small objects, heavy clutter (Scenes.HARD)
