@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(PY) -m captum_fgcam.demo --out demo.png
 
 test: $(STAMP)
-	$(PY) -m ruff check captum_fgcam tests benchmarks
+	$(PY) -m ruff check captum_fgcam tests benchmarks docs
 	$(PY) -m pytest -q
 
 # docs/api.md, the API reference, from the public names' docstrings (tests/test_docs.py fails
