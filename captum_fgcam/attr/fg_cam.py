@@ -22,7 +22,7 @@ from .._batching import each, finished, take, take_all
 from .._state import preserved_state
 from ..arguments import TargetType, forward_args_tuple, input_tuple, select_targets
 from ..denoising import svd_denoise
-from ..propagation.capture import scores_of
+from ..propagation.capture import ANY_LAYER, scores_of
 from ..propagation.layers import LayerRef, Rules, cam_layer_in
 from ..propagation.tokens import on_grid
 from ..propagation.upsampler import Span
@@ -91,13 +91,16 @@ class ComponentPropagation(PropagatedAttribution):
         """The span from the CAM layer to ``layer``, the components there, and the CAM
         layer's name. A gradient weighting's A and dy/dA come from the recorded pass itself:
         autograd runs from the CAM layer's output on (``guess``: the one found last time, when
-        not given; a second pass where it was not known yet)."""
+        not given), or from the input where the CAM layer is found in this very pass; a
+        second pass only where the guess was wrong or the model changed the CAM layer's
+        output in place."""
         up, module, weighting = self.upsampler, self.module, self.weighting
         gradient = weighting.requires_gradient
         guess = up.from_name or guess
-        cap = up.capture(inputs, additional_forward_args, guess if gradient else None)
+        cap = up.capture(inputs, additional_forward_args,
+                         (guess or ANY_LAYER) if gradient else None)
         cam_name = up.from_name or cam_layer_in(cap, module)
-        if gradient and cam_name != guess:
+        if gradient and cam_name not in cap.live:
             cap = up.capture(inputs, additional_forward_args, cam_name)
         span = up.span(cap, to_input, cam_name)
         scores = scores_of(cap.output)

@@ -37,6 +37,10 @@ from torch.utils import hooks as torch_hooks
 from .ops import CONSTANT_FACTORIES, is_inplace, op_name, out_of_place
 from .tokens import grids_of
 
+#: ``grad_from`` when the layer is not known before the pass: autograd runs from the input on,
+#: and every module's output is kept (those the model changes in place afterwards dropped)
+ANY_LAYER = "*"
+
 
 class CaptureError(TypeError):
     """The model ran an operation whose effect on activations cannot be recorded."""
@@ -137,6 +141,7 @@ class _Recorder(TorchFunctionMode):
         self.reads_values = reads_values
         self.grad_from = grad_from
         self.live: dict[str, Tensor] = {}
+        self.versions: dict[str, int] = {}  # of the live outputs when they were made
         self.calls: dict[str, list[ModuleCall]] = {}
         self.stack: list[tuple[str, nn.Module, bool, list[fx.Node], Any]] = []
         self.inside_leaf = 0
@@ -298,7 +303,9 @@ class _Recorder(TorchFunctionMode):
                 "an operation that bypasses torch functions); relevance cannot follow them. "
                 "Replace that part by PyTorch operations, or explain a layer before it")
         self.calls.setdefault(name, []).append(ModuleCall(inputs, out))
-        if name == self.grad_from and out is not None:
+        if self.grad_from == ANY_LAYER and out is not None:
+            self.live[name], self.versions[name] = output, output._version
+        elif name == self.grad_from and out is not None:
             # from here on the forward pass builds an autograd graph, rooted at this output
             torch.set_grad_enabled(True)
             root = output.detach().requires_grad_(True)
@@ -335,23 +342,31 @@ def capture(model: nn.Module, inputs: Sequence[Tensor], extra: Sequence[Any] = (
             is_leaf: Callable[[nn.Module, str], bool] = lambda m, n: False,
             reads_values: Callable[[Any], bool] = lambda op: True,
             grad_from: str | None = None) -> Capture:
-    """Run ``model(*inputs, *extra)`` once, without autograd, and record its operations on
-    ``inputs``.
+    """Run ``model(*inputs, *extra)`` once, without autograd (but see ``grad_from``), and
+    record its operations on ``inputs``.
 
     ``is_leaf(module, name)`` says which modules are recorded as one node (their inside is not
     recorded); ``reads_values(op)`` whether the rule of a module or function reads the values
     of its inputs (an in-place operation then copies the value it overwrites). With
     ``grad_from``, the output of that module is the root of an autograd graph through the
     rest of the forward pass, kept in ``Capture.live`` (for gradient CAM weightings: dy/dA,
-    as Captum's layer attributions compute it).
+    as Captum's layer attributions compute it). With ``grad_from=ANY_LAYER`` (the layer is
+    found in the recording itself) autograd runs from the input, and ``Capture.live`` keeps
+    every module's output that the model did not change in place afterwards.
     """
+    any_layer = grad_from == ANY_LAYER
+    if any_layer:  # a non-leaf copy: the model may change its input in place
+        inputs = [x.detach().requires_grad_(True).clone() if x.is_floating_point() else x
+                  for x in inputs]
     recorder = _Recorder(model, is_leaf, reads_values, grad_from)
     placeholders = [recorder.placeholder(x, i) for i, x in enumerate(inputs)]
-    with torch.no_grad(), _module_hooks(recorder), recorder:
+    with torch.set_grad_enabled(any_layer), _module_hooks(recorder), recorder:
         output = model(*inputs, *extra)
     scores = scores_of(output)
     result = recorder.node_of(scores)
     if result is not None:
         recorder.graph.output(result)
+    live = ({n: t for n, t in recorder.live.items() if t._version == recorder.versions[n]}
+            if any_layer else recorder.live)
     return Capture(recorder.graph, recorder.values, output, recorder.calls, placeholders[0],
-                   recorder.live)
+                   live)
