@@ -176,3 +176,45 @@ def test_a_constant_zero_gate_passes_no_relevance_and_the_image_rule_looks_throu
     assert behind[:, :, 8:].abs().sum() > 0  # z^B gives the masked zeros relevance ...
     assert torch.equal(image[:, :, 8:], torch.zeros_like(image[:, :, 8:]))  # ... the wall not
     torch.testing.assert_close(image[:, :, :8], behind[:, :, :8])
+
+
+@pytest.mark.parametrize("groups,signed", [(4, True), (1, True), (4, False), (1, False)])
+def test_zplus_fallback_equals_the_rule_written_neuron_by_neuron(groups, signed):
+    """z^+ with its fallback (opposite-sign terms where z_j = 0, then w^2), against the
+    equation evaluated output by output on the layer's dense matrix (float64); inputs of both
+    signs take the fused kernel, non-negative ones the two-step one."""
+    from captum_fgcam.propagation import Call, ZPlusRule
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 4, 3, padding=1, groups=groups, bias=False).double()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    x = x if signed else x.clamp(min=0)
+    x[x.abs() < 0.3] = 0  # many zero inputs: outputs with z_j = 0
+    x[0, :, :3, :3] = 0  # and windows of zeros: z'_j = 0 too
+    with torch.no_grad():
+        conv.weight[conv.weight.abs() < 0.1] = 0
+    relevance = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    ours = ZPlusRule().propagate(Call(conv, (x,)), relevance)[0]
+
+    # the dense matrix W[j, i] of the (linear) convolution, per example
+    w = torch.autograd.functional.jacobian(lambda v: conv(v), x[:1]).reshape(100, 100)
+    expected = torch.zeros(2, 100, dtype=torch.float64)
+    kinds = set()
+    for n in range(2):
+        xi, r = x[n].reshape(-1), relevance[n].reshape(-1)
+        for j in range(100):
+            c = w[j] * xi
+            same = torch.where(w[j] * xi.sign() > 0, c, 0)  # x+ w+ and x- w-
+            opposite = c - same
+            if same.sum() != 0:
+                expected[n] += same * r[j] / same.sum()
+                kinds.add("z")
+            elif opposite.sum() != 0:
+                expected[n] += opposite * r[j] / opposite.sum()
+                kinds.add("opposite")
+            elif (w[j] != 0).any():
+                squares = w[j] ** 2
+                expected[n] += squares * r[j] / squares.sum()
+                kinds.add("squares")
+    assert kinds == {"z", "opposite", "squares"}  # every branch of the rule is exercised
+    torch.testing.assert_close(ours.reshape(2, -1), expected, rtol=1e-10, atol=1e-12)
