@@ -53,7 +53,7 @@ def test_refinecam_equals_pytorch_grad_cam(name, base):
     """Same layers and base method. With Grad-CAM as the base the maps agree to round-off
     (OpenCV's resize against torch's); with Grad-CAM++ (the default) pytorch-grad-cam adds 1e-6
     to the alpha denominator g^2 / (2 g^2 + sum(A) g^3), which matters where g^2 is ~1e-6: up
-    to 0.012 on these [0, 1] maps (README, "Baselines and peers")."""
+    to 0.012 on these [0, 1] maps (docs/peers.md)."""
     from captum.attr import LayerGradCam
 
     from captum_fgcam import GradCamPlusPlus

@@ -156,7 +156,8 @@ class FGCam(ComponentPropagation):
             last module with a spatial output before global pooling / flatten (VGG:
             ``features[43]``), found on each call from the operations the input runs through
             (the property :attr:`cam_layer` then tells the one the last call used).
-        rules: relevance rules (see :class:`FineGrainedUpsampler`); default: the paper's.
+        rules: relevance rules (see :class:`FineGrainedUpsampler`); default: the conserving
+            preset (``rules="reference"``: the paper's exactly).
         fold_batchnorm: see :class:`FineGrainedUpsampler` (default False, as the reference).
     """
 

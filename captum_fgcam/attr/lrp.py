@@ -1,7 +1,7 @@
 r"""LRP from the logits on the propagation engine: ``LRP``, ``CLRP`` and ``SGLRP``.
 
 All three propagate initial relevances R0 at the model's output (the logits y) down to
-``layer`` with the same rules as FG-CAM (default: the paper's reference rules), and work on
+``layer`` with the same rules as FG-CAM (default: the conserving preset), and work on
 every architecture the engine supports. With R(R0) that propagation:
 
 - LRP:   R0 = onehot_c * y_c;  map = R(R0).
@@ -59,7 +59,8 @@ class LRP(PropagatedAttribution):
         layer: where relevance is returned (module or dotted name: its output, or input with
             ``attribute_to_layer_input=True``; the first convolution's input is the image).
         device_ids: as in Captum (not needed: wrappers are looked through).
-        rules: as for :class:`~captum_fgcam.FineGrainedUpsampler` (default: the paper's).
+        rules: as for :class:`~captum_fgcam.FineGrainedUpsampler` (default: the conserving
+            preset).
         output_layer: the module producing the logits (module or dotted name; found
             automatically).
         fold_batchnorm: fold BatchNorm into the preceding layer (Zennit's convention).

@@ -52,7 +52,7 @@ LOWER_IS_BETTER = ("A.D.", "Deletion", "Unseen", "Dead zone")
 
 @dataclass
 class Settings:
-    """What to run; defaults follow ``spec/evaluation.md``."""
+    """What to run; defaults follow the paper's protocol (docs/benchmarks.md#the-protocol)."""
 
     methods: Sequence[str] = PAPER_METHODS
     layers: Sequence[str] = ()

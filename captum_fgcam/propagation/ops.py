@@ -3,7 +3,7 @@
 The capture records torch functions and tensor methods under their Python names
 (``F.relu``, ``torch.relu``, ``Tensor.relu`` and ``Tensor.relu_`` are all "relu"; ``x + y``
 is "add"). Every name and module type below belongs to exactly one kind; the presets give each
-kind its rule (:mod:`.presets`), and the graph facts (:mod:`.upsampler`) ask this table what an
+kind its rule (:mod:`.presets`), and the graph facts (:mod:`.graph`) ask this table what an
 operation is.
 """
 

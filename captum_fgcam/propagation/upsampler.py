@@ -108,10 +108,11 @@ class FineGrainedUpsampler:
     r"""Relevance propagation from ``from_layer``'s output down to ``to_layer``.
 
     R^{(l)} = \rho_l(R^{(l+1)}) for every operation l between the two layers, with
-    \rho_l the rule the ``rules`` map assigns to it (default: the paper's reference rules,
-    which conserve \sum R at every step). This is the piece any CAM method plugs into: give it
-    per-channel components at ``from_layer`` (e.g. Captum's ``LayerGradCam`` with
-    ``attr_dim_summation=False``) and it returns their fine-grained relevance at ``to_layer``.
+    \rho_l the rule the ``rules`` map assigns to it (default: the conserving preset, the
+    paper's rules with the relevance they drop at a 0/0 quotient passed on). This is the piece
+    any CAM method plugs into: give it per-channel components at ``from_layer`` (e.g. Captum's
+    ``LayerGradCam`` with ``attr_dim_summation=False``) and it returns their fine-grained
+    relevance at ``to_layer``.
 
     Args:
         model: the ``nn.Module`` to explain (not modified; ``DataParallel``, DDP and
