@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import matplotlib
 import torch
+from matplotlib.backend_bases import FigureCanvasBase
 
 from captum_fgcam import zoo
 from captum_fgcam.benchmark import SceneItems, Settings, run
 from captum_fgcam.datasets import Scenes
 from captum_fgcam.methods import INPUT, METHODS, explainers
+from captum_fgcam.outputs import OutputError, check_outputs, written
 from captum_fgcam.visualization import denormalize, plot_grid
 
 MODEL = "scenes-vgg16bn"
@@ -50,12 +53,28 @@ def _column_titles(maps: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[s
     return {row: {named[c]: m for c, m in cols.items()} for row, cols in maps.items()}
 
 
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every option before any work: one line and exit code 2 (``parser.error``) otherwise."""
+    if args.index < 0:
+        parser.error(f"--index {args.index}: give a scene index of 0 or more")
+    if args.images < 1:
+        parser.error(f"--images {args.images}: give at least 1 image")
+    if Path(args.out).suffix.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
+        parser.error(f"--out {args.out}: use a figure file name such as demo.png")
+    try:
+        check_outputs([("--out", Path(args.out))],
+                      [(f"the weights file of {MODEL}", zoo.checkpoint_path(MODEL))])
+    except OutputError as err:
+        parser.error(str(err))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo.png")
     parser.add_argument("--index", type=int, default=3, help="which held-out scene to show")
     parser.add_argument("--images", type=int, default=8, help="scenes for the metrics table")
     args = parser.parse_args(argv)
+    _check(parser, args)
     matplotlib.use("Agg")  # the figure is saved, never shown
     start = time.perf_counter()
     model = zoo.load_model(MODEL)
@@ -70,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     fig = plot_grid(denormalize(image, Scenes.mean, Scenes.std), maps, sign="positive",
                     title=title, scale="method",
                     scores=[row for row in ROWS if METHODS[row].scores])
-    fig.savefig(args.out)
+    with written(Path(args.out)) as partial:
+        fig.savefig(partial)
     print(f"saved {args.out}")
 
     fg = maps["FG-Grad-CAM"]

@@ -9,8 +9,10 @@ state_dict needs ``--arch``), or a :mod:`captum_fgcam.zoo` name (see
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,19 @@ import torch
 from matplotlib.backend_bases import FigureCanvasBase
 from torch import Tensor, nn
 
-from .images import IMAGE_SUFFIXES, image_files, image_suffixes, load_images
-from .loading import load_model, parse_device
+from .images import IMAGE_SUFFIXES, check_images, image_files, image_suffixes, load_images
+from .loading import ModelSource, model_source, parse_device, probe
 from .methods import INPUT, METHODS, explainers, resolve
 from .outputs import check_outputs, written
 from .propagation import PRESETS, find_cam_layer
 from .propagation.views import CONVOLUTION_LAYERS
 from .usage import UsageError, suggest
-from .visualization import DPI, SCALES, UPSAMPLING, plot_grid
+from .visualization import DPI, SCALES, UPSAMPLING, _cell_inches, plot_grid
 
 MAP_SUFFIXES = (".pt", ".npz")
+MIN_DPI = 10  # below it FreeType cannot size the 9-point labels
+MAX_FIGURE_SIDE = 2**16 - 1  # matplotlib's Agg refuses larger images
+MAX_FIGURE_PIXELS = 2**29  # 2 GiB of RGBA
 
 #: maps[method][layer] = N x 1 x h x w
 Maps = dict[str, dict[str, Tensor]]
@@ -101,27 +106,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # -- target, layers --------------------------------------------------------------------------
 
-def resolve_target(spec: str | None, scores: Tensor,
-                   categories: Sequence[str] | None) -> list[int]:
-    """One class index per image: ``spec`` (an index or a class name) or the prediction."""
-    classes = scores.shape[1]
+def target_spec(spec: str | None, categories: Sequence[str] | None) -> int | None:
+    """``--target`` as a class index (None: the predicted class), checked as far as it can be
+    without the model: not negative, a class name only with class names, a known name."""
     if spec is None:
-        return scores.argmax(dim=1).tolist()
+        return None
     if spec.lstrip("-").isdigit():
         index = int(spec)
-        if not 0 <= index < classes:
-            raise UsageError(f"class index {index} is out of range: the model has {classes} "
-                             f"classes; pass --target 0 to {classes - 1}")
-        return [index] * scores.shape[0]
+        if index < 0:
+            raise UsageError(f"--target {spec}: a class index is 0 or more; pass an index "
+                             "or, with --weights, a class name")
+        return index
     if categories is None:
         raise UsageError(f"class name {spec!r} needs the model's class names, which only "
-                         "torchvision --weights provide; pass a class index (0 to "
-                         f"{classes - 1})")
+                         "torchvision --weights and the zoo provide; pass a class index")
     lowered = [c.lower() for c in categories]
     if spec.lower() not in lowered:
         raise UsageError(f"unknown class name {spec!r}{suggest(spec, list(categories))} "
-                         f"(or pass a class index, 0 to {classes - 1})")
-    return [lowered.index(spec.lower())] * scores.shape[0]
+                         f"(or pass a class index, 0 to {len(categories) - 1})")
+    return lowered.index(spec.lower())
+
+
+def check_target(index: int | None, classes: int) -> None:
+    """Refuse a class index the model (``classes`` scores) does not have."""
+    if index is not None and index >= classes:
+        raise UsageError(f"class index {index} is out of range: the model has {classes} "
+                         f"classes; pass --target 0 to {classes - 1}")
+
+
+def resolve_target(spec: str | None, scores: Tensor,
+                   categories: Sequence[str] | None) -> list[int]:
+    """One class index per image: ``spec`` (an index or a class name) or the prediction."""
+    index = target_spec(spec, categories)
+    check_target(index, scores.shape[1])
+    if index is None:
+        return scores.argmax(dim=1).tolist()
+    return [index] * scores.shape[0]
 
 
 def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str) -> list[str]:
@@ -183,7 +203,7 @@ def _outputs(out: Path, images: Sequence[Path]) -> list[Path]:
     if len(images) == 1:
         return [out]
     stems = [p.stem for p in images]
-    if len(set(stems)) < len(stems):
+    if len({s.casefold() for s in stems}) < len(stems):  # case-insensitive file systems too
         stems = [f"{i + 1}-{s}" for i, s in enumerate(stems)]
     return [out.with_name(f"{out.stem}-{s}{out.suffix}") for s in stems]
 
@@ -208,49 +228,98 @@ def _methods(args: argparse.Namespace) -> list[str]:
     return chosen
 
 
-def _check(args: argparse.Namespace) -> tuple[list[Path], list[str], torch.device, list[Path]]:
-    """Everything checked before any work: the images, the methods, the device and the
-    figure files (one per image)."""
+@dataclass
+class _Plan:
+    """What ``explain`` does, every part checked before any work."""
+
+    images: list[Path]
+    methods: list[str]
+    device: torch.device
+    outputs: list[Path]
+    source: ModelSource
+    target: int | None
+
+
+def _check(args: argparse.Namespace) -> _Plan:
+    """Every option checked before any work (the model is not loaded yet): the images (found
+    and decodable), the numbers, the file names, the methods, the device, the model's name,
+    files and weights, the target as far as it goes without the model, the figure's size,
+    and the output files against everything the command reads."""
     images = image_files(args.images, image_suffixes(args.ext))
     if args.size is not None and args.size < 1:
         raise UsageError(f"--size {args.size}: give a positive number of pixels")
     for option, value in [("--batch-size", args.batch_size), ("--dpi", args.dpi),
-                          ("--cell", args.cell or 1)]:
-        if value <= 0:
+                          ("--cell", args.cell)]:
+        if value is not None and not (math.isfinite(value) and value > 0):
             raise UsageError(f"{option} {value}: give a positive number")
+    if args.dpi < MIN_DPI:
+        raise UsageError(f"--dpi {args.dpi:g}: give {MIN_DPI} or more (below it the text "
+                         "cannot be drawn)")
+    if not -2**63 <= args.seed < 2**64:
+        raise UsageError(f"--seed {args.seed}: torch.manual_seed takes -2**63 to 2**64 - 1")
     if args.maps is not None and args.maps.suffix not in MAP_SUFFIXES:
         raise UsageError(f"--maps {args.maps}: use a .npz or .pt file name")
     if args.out.suffix.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
-        raise UsageError(f"--out {args.out}: use a figure file name such as explain.png")
+        raise UsageError(f"--out {args.out}: use a figure file name such as explain.png "
+                         f"({', '.join(FigureCanvasBase.get_supported_filetypes())})")
     methods = _methods(args)
     device = parse_device(args.device)
+    source = model_source(args.model, args.weights, args.arch)
+    target = target_spec(args.target, source.categories)
+    _check_figure_size(args, source.preprocessing.sized(args.size).crop, len(methods))
     outputs = _outputs(args.out, images)
-    check_outputs(outputs + ([args.maps] if args.maps is not None else []), images)
-    return images, methods, device, outputs
+    check_outputs([("--out", p) for p in outputs]
+                  + ([("--maps", args.maps)] if args.maps is not None else []),
+                  [("the image", p) for p in images]
+                  + [("the image folder", p) for p in args.images if p.is_dir()]
+                  + list(source.files))
+    check_images(images)
+    return _Plan(images, methods, device, outputs, source, target)
+
+
+def _check_figure_size(args: argparse.Namespace, size: int, methods: int) -> None:
+    """Refuse a figure larger than matplotlib draws (``MAX_FIGURE_SIDE`` pixels a side,
+    ``MAX_FIGURE_PIXELS`` in all), as large as the methods x layers grid can make it."""
+    layers = len(args.layers) if args.layers else 2
+    inches = _cell_inches((size, size), args.cell, args.dpi)
+    width = (inches * (layers + 1) + 0.9) * args.dpi
+    height = (inches * methods + 0.9) * args.dpi
+    if max(width, height) > MAX_FIGURE_SIDE or width * height > MAX_FIGURE_PIXELS:
+        raise UsageError(f"--dpi {args.dpi:g} and --cell {args.cell or inches:g} give a figure "
+                         f"of up to {width:.0f} x {height:.0f} pixels; matplotlib draws at most "
+                         f"{MAX_FIGURE_SIDE} a side and {MAX_FIGURE_PIXELS} in all: lower "
+                         "--dpi or --cell")
 
 
 def explain(args: argparse.Namespace) -> None:
     """Run ``explain``, raising :class:`~captum_fgcam.usage.UsageError` (and the other user
     errors :mod:`captum_fgcam.cli` reports) for mistakes."""
-    images, methods, device, outputs = _check(args)
+    plan = _check(args)
     torch.manual_seed(args.seed)
-    loaded = load_model(args.model, args.weights, args.arch)
-    model = loaded.model.to(device)
+    loaded = plan.source.load()
+    model = loaded.model.to(plan.device)
     preprocessing = loaded.preprocessing.sized(args.size)
+    # the cheap checks that need the model, on one all-zero image before any image is read:
+    # the size runs, the target is a class, the layers exist
+    blank = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop, device=plan.device)
+    scores = probe(model, preprocessing.crop, plan.device, loaded.preprocessing.crop,
+                   args.model)
+    check_target(plan.target, scores.shape[1])
+    cam_layer = find_cam_layer(model, blank)
+    layers = resolve_layers(model, args.layers, cam_layer)
+    images, outputs = plan.images, plan.outputs
     all_maps: Maps = {}
     all_targets: list[int] = []
     bar = _progress(len(images), args.progress)
     for start in range(0, len(images), args.batch_size):
         paths = images[start:start + args.batch_size]
         shown, x = load_images(paths, preprocessing)
-        x = x.to(device)
+        x = x.to(plan.device)
         with torch.no_grad():
             probabilities = model(x).softmax(dim=1).cpu()
-        targets = resolve_target(args.target, probabilities, loaded.categories)
-        if start == 0:
-            cam_layer = find_cam_layer(model, x[:1])
-            layers = resolve_layers(model, args.layers, cam_layer)
-        maps = compute_maps(model, x, targets, methods, layers, args.rules)
+        targets = (probabilities.argmax(dim=1).tolist() if plan.target is None
+                   else [plan.target] * len(paths))
+        maps = compute_maps(model, x, targets, plan.methods, layers, args.rules)
         columns = {layer: _column(layer, maps, cam_layer) for layer in layers
                    if any(layer in row for row in maps.values())}
         for i, (image, path) in enumerate(zip(shown, paths, strict=True)):

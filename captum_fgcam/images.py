@@ -44,8 +44,13 @@ class Preprocessing:
 
 
 def image_suffixes(extensions: str) -> tuple[str, ...]:
-    """``"png, .JPG"`` -> ``(".png", ".jpg")``."""
-    return tuple(f".{e.strip().lstrip('.').lower()}" for e in extensions.split(",") if e.strip())
+    """``"png, .JPG"`` -> ``(".png", ".jpg")``; at least one, each letters and digits."""
+    suffixes = tuple(f".{e.strip().lstrip('.').lower()}" for e in extensions.split(",")
+                     if e.strip())
+    if not suffixes or not all(s[1:].isalnum() for s in suffixes):
+        raise UsageError(f"--ext {extensions!r}: give file extensions separated by commas, "
+                         "e.g. png,jpg")
+    return suffixes
 
 
 def image_files(paths: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
@@ -66,20 +71,34 @@ def image_files(paths: Sequence[Path], suffixes: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
+def _read(path: Path, draft: bool = False) -> Image.Image:
+    """``path`` decoded as RGB (``draft``: JPEGs at 1/8 scale, which still reads every byte),
+    or a :class:`UsageError` naming it."""
+    try:
+        with Image.open(path) as opened:
+            if draft:
+                opened.draft("RGB", (1, 1))
+            return opened.convert("RGB")
+    except UnidentifiedImageError as err:
+        raise UsageError(f"cannot read image {path}: not an image file Pillow knows; "
+                         "pass a PNG, JPEG, WebP, ... file") from err
+    except (OSError, ValueError, SyntaxError) as err:  # truncated or damaged files
+        raise UsageError(f"cannot read image {path}: {err}") from err
+
+
+def check_images(paths: Sequence[Path]) -> None:
+    """Decode every image once (JPEGs in draft mode) so that a damaged file is named before
+    any work rather than after the images before it."""
+    for path in paths:
+        _read(path, draft=True)
+
+
 def load_images(paths: Sequence[Path], preprocessing: Preprocessing
                 ) -> tuple[list[np.ndarray], Tensor]:
     """The images as shown (H x W x 3 in [0, 1]) and as a normalised batch."""
     shown, batch = [], []
     for path in paths:
-        try:
-            with Image.open(path) as opened:
-                raw = TF.pil_to_tensor(opened.convert("RGB"))
-        except UnidentifiedImageError as err:
-            raise UsageError(f"cannot read image {path}: not an image file Pillow knows; "
-                             "pass a PNG, JPEG, WebP, ... file") from err
-        except OSError as err:  # truncated or damaged files
-            raise UsageError(f"cannot read image {path}: {err}") from err
-        image, x = preprocessing(raw)
+        image, x = preprocessing(TF.pil_to_tensor(_read(path)))
         shown.append(image)
         batch.append(x)
     return shown, torch.stack(batch)

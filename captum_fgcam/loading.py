@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +41,22 @@ def classification_models() -> list[str]:
 
 
 def parse_device(name: str | None) -> torch.device:
-    """The device ``name``, checked to be usable (default: CUDA when available, the
-    ``LOCAL_RANK``-th under torchrun, else the CPU)."""
+    """The device ``name``, checked to be usable: a tensor is made there, computed on and
+    copied back (default: CUDA when available, the ``LOCAL_RANK``-th under torchrun, else the
+    CPU). ``meta`` holds no data and is refused."""
     if name is None:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     try:
         device = torch.device(name)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as err:
-        raise UsageError(f"--device {name}: {one_line(err, 160)}") from err
+        if device.type == "meta":
+            raise RuntimeError("the meta device holds no data, so nothing can be computed")
+        if float((torch.ones(1, device=device) * 2).cpu()) != 2:
+            raise RuntimeError("1 * 2 is not 2 there")
+    except Exception as err:  # each backend fails its own way (Runtime-, Assertion-, Import-)
+        raise UsageError(f"--device {name}: {one_line(err, 160)}; use cpu, cuda, cuda:1, "
+                         "mps, ... (a device this torch build can use)") from err
     return device
 
 
@@ -64,19 +70,30 @@ def _drawn_heads(model: nn.Module) -> nn.Module:
     return model
 
 
+def torchvision_weights(name: str, weights: str) -> torchvision.models.WeightsEnum:
+    """torchvision's weights ``weights`` (a weights name or DEFAULT) of model ``name``."""
+    enum = torchvision.models.get_model_weights(name)
+    try:
+        return enum.verify(weights)
+    except (KeyError, ValueError) as err:
+        valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise UsageError(f"unknown weights {weights!r} for {name}; choose one of "
+                         f"{valid}") from err
+
+
+def weights_file(weights: torchvision.models.WeightsEnum) -> Path:
+    """Where torch.hub caches (and reads) ``weights``: ``<hub dir>/checkpoints/<URL's name>``."""
+    return (Path(torch.hub.get_dir()) / "checkpoints"
+            / os.path.basename(urllib.parse.urlparse(weights.url).path))
+
+
 def torchvision_model(name: str, weights: str | None) -> LoadedModel:
     """torchvision's model ``name`` in eval mode with ``weights`` (a weights name or DEFAULT;
     None: random weights)."""
     if weights is None:
         model = _drawn_heads(torchvision.models.get_model(name, weights=None))
         return LoadedModel(model.eval(), f"{name}, RANDOM WEIGHTS", Preprocessing())
-    enum = torchvision.models.get_model_weights(name)
-    try:
-        chosen = enum.verify(weights)
-    except (KeyError, ValueError) as err:
-        valid = ", ".join(["DEFAULT", *(w.name for w in enum)])
-        raise UsageError(f"unknown weights {weights!r} for {name}; choose one of "
-                         f"{valid}") from err
+    chosen = torchvision_weights(name, weights)
     try:
         model = torchvision.models.get_model(name, weights=chosen)
     except OSError as err:  # urllib's URLError and socket errors are OSErrors
@@ -85,14 +102,16 @@ def torchvision_model(name: str, weights: str | None) -> LoadedModel:
             f"weights for {name} ({chosen}) are not cached in {where} and cannot be downloaded "
             f"({err}); download them once with internet access or pass a checkpoint file"
         ) from err
-    t = chosen.transforms()
-    preprocessing = Preprocessing(t.resize_size[0], t.crop_size[0], t.mean, t.std,
-                                  t.interpolation)
-    return LoadedModel(model.eval(), f"{name} ({chosen})", preprocessing,
+    return LoadedModel(model.eval(), f"{name} ({chosen})", _weights_preprocessing(chosen),
                        chosen.meta.get("categories"))
 
 
-def _checkpoint_model(path: Path, arch: str | None) -> LoadedModel:
+def _weights_preprocessing(weights: torchvision.models.WeightsEnum) -> Preprocessing:
+    t = weights.transforms()
+    return Preprocessing(t.resize_size[0], t.crop_size[0], t.mean, t.std, t.interpolation)
+
+
+def _checkpoint_model(path: Path, arch: str) -> LoadedModel:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and format errors all mean "not loadable safely"
@@ -104,13 +123,6 @@ def _checkpoint_model(path: Path, arch: str | None) -> LoadedModel:
             and all(isinstance(v, Tensor) for v in state.values())):
         raise UsageError(f"{path} does not hold a state_dict (parameter names -> tensors); "
                          "save model.state_dict() and pass the file with --arch NAME")
-    if arch is None:
-        raise UsageError(f"{path} holds a state_dict, which does not say which model it "
-                         "belongs to; pass --arch NAME (the torchvision architecture, e.g. "
-                         "--arch resnet18)")
-    if arch not in classification_models():
-        raise UsageError(f"unknown --arch {arch!r}: not a torchvision classification model"
-                         f"{suggest(arch, classification_models())}")
     classes = next(v.shape[0] for k, v in reversed(state.items()) if k.endswith("weight"))
     model = torchvision.models.get_model(arch, weights=None, num_classes=classes)
     try:
@@ -123,19 +135,61 @@ def _checkpoint_model(path: Path, arch: str | None) -> LoadedModel:
 def zoo_model(name: str) -> LoadedModel:
     """The :mod:`captum_fgcam.zoo` model ``name`` in eval mode, with the scenes' size,
     normalisation and class names."""
+    return LoadedModel(zoo.load_model(name), name, _zoo_preprocessing(name),
+                       list(Scenes.classes))
+
+
+def _zoo_preprocessing(name: str) -> Preprocessing:
     size = zoo.scenes(name).size
-    preprocessing = Preprocessing(resize=size, crop=size, mean=Scenes.mean, std=Scenes.std)
-    return LoadedModel(zoo.load_model(name), name, preprocessing, list(Scenes.classes))
+    return Preprocessing(resize=size, crop=size, mean=Scenes.mean, std=Scenes.std)
 
 
-def load_model(name: str, weights: str | None = None, arch: str | None = None) -> LoadedModel:
-    """The model named on the command line, in eval mode, with its preprocessing."""
+@dataclass(frozen=True)
+class ModelSource:
+    """A model named on the command line, checked but not loaded yet: which files loading it
+    reads, its preprocessing and class names (both known without loading it)."""
+
+    kind: str  # "torchvision", "checkpoint" or "zoo"
+    name: str  # the model name, or the checkpoint's path
+    weights: str | None = None  # torchvision: a weights name (None: random weights)
+    arch: str | None = None  # checkpoint: its torchvision architecture
+    #: (what it is, path) for every file loading reads (for ``check_outputs``)
+    files: tuple[tuple[str, Path], ...] = ()
+    preprocessing: Preprocessing = Preprocessing()
+    categories: Sequence[str] | None = None
+
+    def load(self) -> LoadedModel:
+        """The model in eval mode, with its preprocessing."""
+        if self.kind == "checkpoint":
+            return _checkpoint_model(Path(self.name), str(self.arch))
+        if self.kind == "zoo":
+            return zoo_model(self.name)
+        if self.weights is None:
+            print(f"WARNING: {self.name} has RANDOM weights (no --weights given): the maps "
+                  "show how the methods work, not what a trained model looks at. Pass "
+                  "--weights DEFAULT for pretrained weights.", file=sys.stderr)
+        return torchvision_model(self.name, self.weights)
+
+
+def model_source(name: str, weights: str | None = None, arch: str | None = None
+                 ) -> ModelSource:
+    """The model named on the command line, checked without loading anything: a checkpoint
+    file (with ``arch``), a torchvision classification model name (with ``weights`` or random
+    weights) or a zoo name."""
     path = Path(name)
     if path.is_file():
         if weights is not None:
             raise UsageError("--weights applies to torchvision model names; a checkpoint "
                              "brings its own weights (name its architecture with --arch)")
-        return _checkpoint_model(path, arch)
+        if arch is None:
+            raise UsageError(f"--model {path} is a checkpoint, and a state_dict does not "
+                             "say which model it belongs to; pass --arch NAME (the "
+                             "torchvision architecture, e.g. --arch resnet18)")
+        if arch not in classification_models():
+            raise UsageError(f"unknown --arch {arch!r}: not a torchvision classification model"
+                             f"{suggest(arch, classification_models())}")
+        return ModelSource("checkpoint", name, arch=arch,
+                           files=(("the checkpoint --model reads", path),))
     if path.suffix in (".pt", ".pth", ".ckpt", ".bin") or len(path.parts) > 1:
         raise UsageError(f"checkpoint file {name} not found")
     if arch is not None:
@@ -143,10 +197,12 @@ def load_model(name: str, weights: str | None = None, arch: str | None = None) -
                          "state_dict); a model name says it already")
     if name in classification_models():
         if weights is None:
-            print(f"WARNING: {name} has RANDOM weights (no --weights given): the maps show how "
-                  "the methods work, not what a trained model looks at. Pass --weights DEFAULT "
-                  "for pretrained weights.", file=sys.stderr)
-        return torchvision_model(name, weights)
+            return ModelSource("torchvision", name)
+        chosen = torchvision_weights(name, weights)
+        return ModelSource("torchvision", name, weights, files=(
+            ("the weights file --weights reads", weights_file(chosen)),),
+            preprocessing=_weights_preprocessing(chosen),
+            categories=chosen.meta.get("categories"))
     if name not in zoo.names():
         raise UsageError(
             f"unknown model {name!r}: not a file and not a torchvision classification "
@@ -155,4 +211,49 @@ def load_model(name: str, weights: str | None = None, arch: str | None = None) -
     if weights is not None:
         raise UsageError(f"--weights applies to torchvision model names; {name} brings "
                          "its own weights")
-    return zoo_model(name)
+    return ModelSource("zoo", name, files=(
+        (f"the weights file of --model {name}", zoo.checkpoint_path(name)),),
+        preprocessing=_zoo_preprocessing(name), categories=list(Scenes.classes))
+
+
+def load_model(name: str, weights: str | None = None, arch: str | None = None) -> LoadedModel:
+    """The model named on the command line, in eval mode, with its preprocessing."""
+    return model_source(name, weights, arch).load()
+
+
+def probe(model: nn.Module, size: int, device: torch.device, default: int, label: str,
+          option: str = "--size") -> Tensor:
+    """The scores of one all-zero image of ``size`` x ``size`` pixels: the cheap check that
+    ``model`` runs at that size and returns (1, classes) scores, done before any image is
+    read. Where it does not run, the smallest size that does between ``size`` and ``default``
+    (the model's own, which must run) is found by bisection and named in the error."""
+    def scores(side: int) -> Tensor | Exception:
+        try:
+            with torch.no_grad():
+                return model(torch.zeros(1, 3, side, side, device=device))
+        except Exception as err:  # each layer refuses a small input its own way
+            return err
+
+    out = scores(size)
+    if isinstance(out, Exception):
+        if size == default or not isinstance(scores(default), Tensor):
+            raise UsageError(f"--model {label} cannot run on a {default} x {default} image "
+                             f"({one_line(out, 200)}); check that it is an image classifier "
+                             "taking 3-channel images") from out
+        if size > default:
+            raise UsageError(f"{option} {size}: {label} cannot run on {size} x {size} images "
+                             f"({one_line(out, 200)}); it runs at {default}: pass "
+                             f"{option} {default}") from out
+        low, high = size, default  # fails at low, runs at high
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if isinstance(scores(middle), Tensor) else (middle, high)
+        raise UsageError(f"{option} {size}: {label} cannot run on {size} x {size} images "
+                         f"({one_line(out, 200)}); the smallest size that runs, found by "
+                         f"bisection between {size} and {default}, is {high}: pass "
+                         f"{option} {high}") from out
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[1] < 1:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise UsageError(f"--model {label} returns {shape} for one image, not (1, classes) "
+                         "scores; pass an image classifier")
+    return out

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 import matplotlib.image
+import pytest
 
-from captum_fgcam import demo
+from captum_fgcam import demo, zoo
 
 
 def test_demo_writes_a_legible_figure_and_prints_conservation_and_metrics(tmp_path, capsys):
@@ -24,3 +25,20 @@ def test_demo_writes_a_legible_figure_and_prints_conservation_and_metrics(tmp_pa
     for row in rows:
         ad, ai, overall, proportion = map(float, row[-4:])
         assert 0 <= ad <= 100 and 0 <= ai <= 100 and -1 <= overall <= 1 and 0 <= proportion <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--index", "-1"], "--index -1"),
+    (["--images", "0"], "--images 0"),
+    (["--out", "demo.xyz"], "--out demo.xyz: use a figure file name"),
+    (["--out", "weights.png"], "--out weights.png is the weights file of scenes-vgg16bn"),
+])
+def test_demo_checks_its_options_before_any_work(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.png").symlink_to(zoo.checkpoint_path(demo.MODEL))
+    with pytest.raises(SystemExit) as exit_:
+        demo.main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.png"]
+    assert (tmp_path / "weights.png").is_symlink()

@@ -249,10 +249,10 @@ def test_explain_never_overwrites_an_input(tmp_path, capsys):
     other = _png(tmp_path / "explain-dog.png", seed=1)
     before = {p: p.read_bytes() for p in (dog, other)}
     assert _explain(dog, "--out", dog) == 2
-    assert "is the input" in capsys.readouterr().err
+    assert "is the image" in capsys.readouterr().err
     # two images: outputs explain-dog.png (= the second input) and explain-explain-dog.png
     assert _explain(dog, other, "--out", tmp_path / "explain.png") == 2
-    assert "is the input" in capsys.readouterr().err
+    assert "is the image" in capsys.readouterr().err
     assert _explain(dog, "--maps", dog.with_suffix(".npz"), "--out",
                     tmp_path / "missing" / "fig.png") == 2
     assert "does not exist" in capsys.readouterr().err

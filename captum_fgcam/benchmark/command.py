@@ -7,6 +7,7 @@ every K-th image and the sums are all-reduced (gloo on CPU, NCCL on CUDA).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -15,8 +16,16 @@ import torch.distributed as dist
 from torch import nn
 
 from .. import metrics, zoo
-from ..loading import classification_models, parse_device, torchvision_model, zoo_model
-from ..methods import METHODS, PAPER_METHODS, get_method
+from ..loading import (
+    classification_models,
+    parse_device,
+    probe,
+    torchvision_model,
+    torchvision_weights,
+    weights_file,
+    zoo_model,
+)
+from ..methods import INPUT, METHODS, PAPER_METHODS, get_method, resolve
 from ..outputs import check_outputs
 from ..propagation import PRESETS
 from ..usage import UsageError, suggest
@@ -24,6 +33,9 @@ from .data import ImageNetVal, SceneItems
 from .runner import Settings, describe, run, write_tables
 
 QUICK_IMAGES = 8
+IMAGENET_SIZE = 224
+PIXELS_PER_STEP = Settings.pixels_per_step
+RESULT_SUFFIXES = (".csv", ".md", ".png")  # results.csv, .md, .png (write_tables)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,13 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="zoo name (scenes-vgg16bn, scenes-resnet, scenes-wall) or a "
                              "torchvision model name (default: scenes-vgg16bn / vgg16_bn)")
-    parser.add_argument("--weights", default="DEFAULT",
-                        help="torchvision weights for --data imagenet (default: DEFAULT; "
+    parser.add_argument("--weights", default=None,
+                        help="--data imagenet: torchvision weights (default: DEFAULT; "
                              "'none' for random weights)")
-    parser.add_argument("--root", type=Path, help="ImageNet val images, ROOT/<wnid>/<image>")
-    parser.add_argument("--boxes", type=Path, help="ImageNet val box XML files")
-    parser.add_argument("--size", type=int, default=224,
-                        help="ImageNet: images resized to SIZE x SIZE, no crop (224)")
+    parser.add_argument("--root", type=Path,
+                        help="--data imagenet: the val images, ROOT/<wnid>/<image>")
+    parser.add_argument("--boxes", type=Path, help="--data imagenet: the val box XML files")
+    parser.add_argument("--size", type=int, default=None,
+                        help="--data imagenet: images resized to SIZE x SIZE, no crop (224)")
     parser.add_argument("--images", type=int, default=500, help="number of images (500)")
     parser.add_argument("--methods", nargs="+", default=list(PAPER_METHODS), metavar="METHOD",
                         help=f"any of {', '.join(METHODS)} (case, '-' and '_' ignored; "
@@ -48,12 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="images explained together")
     parser.add_argument("--metric-batch-size", type=int, default=128,
                         help="perturbed images per forward pass")
-    parser.add_argument("--pixels-per-step", type=int, default=448,
-                        help="insertion/deletion: pixels changed per step (448)")
+    parser.add_argument("--pixels-per-step", type=int, default=None,
+                        help=f"insertion/deletion: pixels changed per step ({PIXELS_PER_STEP})")
     parser.add_argument("--steps", type=int, default=None,
-                        help="insertion/deletion: number of steps (overrides the above)")
+                        help="insertion/deletion: number of steps (instead of "
+                             "--pixels-per-step)")
     parser.add_argument("--blur", type=float, nargs=2, default=None,
-                        metavar=("KERNEL", "SIGMA"), help="blur substrate (default 51 50)")
+                        metavar=("KERNEL", "SIGMA"), help="blur substrate: an odd kernel size "
+                        "and a positive sigma (default 51 50)")
     parser.add_argument("--logits", action="store_true",
                         help="score with logits instead of softmax probabilities")
     parser.add_argument("--quick", action="store_true",
@@ -64,58 +79,146 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                        "available; LOCAL_RANK under torchrun)")
     parser.add_argument("--out", type=Path, default=Path("benchmark-results"),
                         help="output folder for results.md, results.csv, results.png")
-    parser.add_argument("--seed", type=int, default=0, help="scenes: seed of the test split")
-    parser.add_argument("--style", choices=("training", "held-out"), default="training",
-                        help="scenes: the model's own generator (default) or the held-out one "
-                             "(other backgrounds and distractors, never trained on)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="--data scenes: seed of the test split (0)")
+    parser.add_argument("--style", choices=("training", "held-out"), default=None,
+                        help="--data scenes: the model's own generator (default: training) or "
+                             "the held-out one (other backgrounds and distractors, never "
+                             "trained on)")
     parser.add_argument("--rules", choices=sorted(PRESETS), default="conserving",
                         help="relevance rule preset of FG-CAM and LRP (default: conserving)")
 
 
-def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | None, str]:
-    """The model, the benchmark items, the unseen-pixel mask of a wall model, the title."""
+def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | None, str, int]:
+    """The model, the benchmark items, the unseen-pixel mask of a wall model, the title and
+    the model's own image size."""
     if args.data == "scenes":
         name = args.model or "scenes-vgg16bn"
         model = zoo_model(name).model
-        scenes = zoo.scenes(name, "test", length=args.images, seed=args.seed, style=args.style)
+        scenes = zoo.scenes(name, "test", length=args.images, seed=args.seed or 0,
+                            style=args.style or "training")
         unseen = (model.unseen_mask(scenes.size, scenes.size)
                   if hasattr(model, "unseen_mask") else None)
         generator = " (held-out generator)" if args.style == "held-out" else ""
         return (model, SceneItems(scenes), unseen,
-                f"{name} on {args.images} held-out scenes{generator}")
+                f"{name} on {args.images} held-out scenes{generator}", scenes.size)
     name = args.model or "vgg16_bn"
-    weights = None if args.weights.lower() == "none" else args.weights
+    weights = _weights(args)
     model = torchvision_model(name, weights).model
-    data = ImageNetVal(args.root, args.boxes, size=args.size)
+    data = _imagenet(args)
     if len(data) > args.images:
         data = torch.utils.data.Subset(data, range(args.images))
-    return model, data, None, f"{name} ({args.weights}) on {len(data)} ImageNet images"
+    return (model, data, None, f"{name} ({args.weights or 'DEFAULT'}) on {len(data)} ImageNet "
+            "images", IMAGENET_SIZE)
+
+
+def _weights(args: argparse.Namespace) -> str | None:
+    weights = args.weights or "DEFAULT"
+    return None if weights.lower() == "none" else weights
+
+
+def _imagenet(args: argparse.Namespace) -> ImageNetVal:
+    try:
+        return ImageNetVal(args.root, args.boxes, size=args.size or IMAGENET_SIZE)
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
+
+
+#: options that only one --data uses: given with the other they would be ignored
+_ONLY = {"scenes": ("--seed", "--style"), "imagenet": ("--weights", "--root", "--boxes", "--size")}
 
 
 def _check(args: argparse.Namespace) -> torch.device:
-    """Every argument that can be checked before any work; the device."""
+    """Every option checked before any work (nothing is loaded yet, except ImageNet's file
+    list and headers); the device."""
     if args.images < 1:
         raise UsageError(f"--images {args.images}: give at least 1 image")
     args.methods = list(dict.fromkeys(get_method(m).name for m in args.methods))
     for name, value in [("--batch-size", args.batch_size),
                         ("--metric-batch-size", args.metric_batch_size),
-                        ("--pixels-per-step", args.pixels_per_step)]:
-        if value < 1:
+                        ("--pixels-per-step", args.pixels_per_step), ("--steps", args.steps),
+                        ("--size", args.size)]:
+        if value is not None and value < 1:
             raise UsageError(f"{name} {value}: give a positive number")
-    if args.data == "scenes" and args.model is not None and args.model not in zoo.names():
-        raise UsageError(f"--model {args.model} is not a zoo model, which the scenes need "
-                         f"({', '.join(zoo.names())}); for a torchvision model use --data "
-                         "imagenet")
-    if args.data == "imagenet":
+    if args.steps is not None and args.pixels_per_step is not None:
+        raise UsageError(f"--steps {args.steps} and --pixels-per-step {args.pixels_per_step}: "
+                         "give one of them (--steps sets the pixels per step)")
+    if args.blur is not None:
+        kernel, sigma = args.blur
+        if not (kernel.is_integer() and kernel >= 1 and kernel % 2 == 1):
+            raise UsageError(f"--blur {kernel:g} {sigma:g}: the kernel size must be a positive "
+                             "odd integer (e.g. 51)")
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise UsageError(f"--blur {kernel:g} {sigma:g}: sigma must be a positive number "
+                             "(e.g. 50)")
+    if args.seed is not None and args.seed < 0:
+        raise UsageError(f"--seed {args.seed}: give a seed of 0 or more")
+    if args.layers:
+        _check_pairs(args.methods, args.layers)
+    other = "imagenet" if args.data == "scenes" else "scenes"
+    for option in _ONLY[other]:
+        if getattr(args, option.lstrip("-")) is not None:
+            raise UsageError(f"{option} applies to --data {other} only; --data {args.data} "
+                             "would ignore it: leave it out")
+    inputs: list[tuple[str, Path]] = []
+    if args.data == "scenes":
+        name = args.model or "scenes-vgg16bn"
+        if name not in zoo.names():
+            raise UsageError(f"--model {name} is not a zoo model, which the scenes need "
+                             f"({', '.join(zoo.names())}); for a torchvision model use --data "
+                             "imagenet")
+        inputs.append((f"the weights file of --model {name}", zoo.checkpoint_path(name)))
+    else:
         if args.root is None or args.boxes is None:
             raise UsageError("--data imagenet needs --root (the val images) and --boxes (the "
                              "XMLs)")
-        if args.model is not None and args.model not in classification_models():
-            raise UsageError(f"--model {args.model} is not a torchvision classification "
+        name = args.model or "vgg16_bn"
+        if name not in classification_models():
+            raise UsageError(f"--model {name} is not a torchvision classification "
                              f"model, which --data imagenet needs"
-                             f"{suggest(args.model, classification_models())}")
-    check_outputs([], folders=[args.out])
-    return parse_device(args.device)
+                             f"{suggest(name, classification_models())}")
+        weights = _weights(args)
+        if weights is not None:
+            inputs.append(("the weights file --weights reads",
+                           weights_file(torchvision_weights(name, weights))))
+        inputs += [("the --root folder", args.root), ("the --boxes folder", args.boxes)]
+    check_outputs([("--out", args.out / f"results{suffix}") for suffix in RESULT_SUFFIXES],
+                  inputs, folders=[("--out", args.out)])
+    device = parse_device(args.device)
+    if args.data == "imagenet":
+        try:
+            _imagenet(args).check(QUICK_IMAGES if args.quick else args.images)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
+    return device
+
+
+def _check_pairs(methods: list[str], layers: list[str]) -> None:
+    """Refuse a method that has no (method, layer) pair in the tables: no map at the layers
+    asked for, or (the LRP family) compared at the input only."""
+    resolve(methods, [INPUT if layer == INPUT else "layer" for layer in layers])
+    for name in methods:
+        method = METHODS[name]
+        if not any(method.supports(layer) and (layer == INPUT or method.benchmarked_at_layers)
+                   for layer in layers):
+            raise UsageError(f"--methods {name} is compared at the input only, not at "
+                             f"{', '.join(layers)}; add --layers {INPUT}")
+
+
+def _check_model(model: nn.Module, args: argparse.Namespace, size: int, default: int,
+                 device: torch.device) -> None:
+    """The checks that need the model, on one all-zero image before any is explained: it runs
+    at the image size, the layers exist."""
+    probe(model, size, device, default, args.model or "the model")
+    if args.layers:
+        names = dict(model.named_modules())
+        unknown = [layer for layer in args.layers
+                   if layer != INPUT and (not layer or layer not in names)]
+        if unknown:
+            shown = [n for n in names if n][-8:]
+            raise UsageError(f"--layers {unknown[0]}: the model has no such layer"
+                             f"{suggest(unknown[0], [n for n in names if n])}; use '{INPUT}' or "
+                             f"a name from model.named_modules() (e.g. {', '.join(shown)})")
 
 
 def run_command(args: argparse.Namespace) -> None:
@@ -128,12 +231,13 @@ def run_command(args: argparse.Namespace) -> None:
     try:
         if args.quick:
             args.images = min(args.images, QUICK_IMAGES)
-        model, data, unseen, title = _load(args)
+        model, data, unseen, title, default = _load(args)
         model = model.to(device)
+        _check_model(model, args, args.size or default, default, device)
         settings = Settings(
             methods=args.methods, layers=args.layers or (), batch_size=args.batch_size,
             metric_batch_size=args.metric_batch_size, steps=args.steps,
-            pixels_per_step=args.pixels_per_step,
+            pixels_per_step=args.pixels_per_step or PIXELS_PER_STEP,
             blur=(metrics.Blur(int(args.blur[0]), args.blur[1]) if args.blur
                   else metrics.Blur()),
             use_softmax=not args.logits, rules=args.rules, progress=args.progress)

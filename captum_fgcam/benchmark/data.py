@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms import functional as TF
 
 from ..images import IMAGENET_MEAN, IMAGENET_STD
+from ..usage import UsageError
 
 _EXTENSIONS = {".jpeg", ".jpg", ".png"}
 
@@ -54,13 +55,30 @@ class ImageNetVal(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def check(self, count: int) -> None:
+        """Read the headers of the first ``count`` images and their box files (not the
+        pixels), raising ValueError naming the first file that cannot be used."""
+        if not self.items:
+            raise ValueError(f"{self.root} holds no {', '.join(sorted(_EXTENSIONS))} images in "
+                             "its class folders (ROOT/<wnid>/<image>)")
+        for path, label in self.items[:count]:
+            try:
+                with Image.open(path):
+                    pass
+                self._boxes(path.stem, self.classes[label])
+            except Exception as err:  # missing, unreadable or malformed files
+                raise ValueError(f"cannot use {path}: {' '.join(str(err).split())}") from err
+
     def _boxes(self, stem: str, wnid: str) -> tuple[list[tuple[float, ...]], tuple[int, int]]:
         path = self.boxes / f"{stem}.xml"
         if not path.is_file():
             raise FileNotFoundError(f"no box annotation {path} for image {stem}")
         tree = ET.parse(path).getroot()
-        width = int(tree.findtext("size/width"))
-        height = int(tree.findtext("size/height"))
+        try:
+            width = int(tree.findtext("size/width"))
+            height = int(tree.findtext("size/height"))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path} gives no <size><width>/<height>") from err
         found = []
         for obj in tree.iter("object"):
             if obj.findtext("name") != wnid:
@@ -71,7 +89,11 @@ class ImageNetVal(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor, bool]:
         path, label = self.items[index]
-        image = Image.open(path).convert("RGB")
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except OSError as err:  # found only now: check() reads headers, not pixels
+            raise UsageError(f"cannot read image {path}: {err}") from err
         boxes, (width, height) = self._boxes(path.stem, self.classes[label])
         x = TF.to_tensor(image.resize((self.size, self.size), Image.BILINEAR))
         x = TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
