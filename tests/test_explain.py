@@ -175,7 +175,9 @@ def test_folders_seed_and_summary(image, tmp_path, capsys):
     assert out.count("predicted") == 4 and "notes" not in out
     assert runs[0]["images"].tolist() == [str(folder / "a.png"), str(folder / "sub" / "b.PNG")]
     assert np.array_equal(runs[0]["targets"], runs[1]["targets"])  # same seed, same weights
-    assert np.array_equal(runs[0]["FG-Grad-CAM @ input"], runs[1]["FG-Grad-CAM @ input"])
+    first, second = runs[0]["FG-Grad-CAM @ input"], runs[1]["FG-Grad-CAM @ input"]
+    # the same weights give the same maps, up to the order of CPU kernels' parallel sums
+    np.testing.assert_allclose(first, second, rtol=1e-4, atol=1e-6 * np.abs(first).max())
     assert runs[0]["FG-Grad-CAM @ input"].shape == (2, 32, 32)
     assert explain(folder, "--model", "resnet18", "--ext", "jpg") == 2
     assert "holds no image files with extensions .jpg" in error_line(capsys)
