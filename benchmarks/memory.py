@@ -4,7 +4,8 @@ Each measurement runs in a fresh process (peak resident memory only grows within
 the peak during the call minus the memory held just before it (model, weights and input
 already loaded). Floor: one forward plus one backward to the input, parameters frozen.
 
-    python benchmarks/memory.py          # VGG16-bn, batch 8, 224 x 224, FG-Grad-CAM to the input
+    python benchmarks/memory.py     # batch 8, 224 x 224, FG-Grad-CAM to the input (its first call)
+    python benchmarks/memory.py --models resnet50
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def _measure(kind: str, batch: int, size: int, queue: mp.Queue) -> None:
+def _measure(name: str, kind: str, batch: int, size: int, queue: mp.Queue) -> None:
     import torch
     import torchvision
 
     from captum_fgcam import FGGradCam
 
     torch.manual_seed(0)
-    model = torchvision.models.vgg16_bn(weights=None).eval()
+    model = getattr(torchvision.models, name)(weights=None).eval()
     x = torch.randn(batch, 3, size, size)
     target = torch.arange(batch)
-    fg = FGGradCam(model, model.features[0])
+    first = next(n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d))
+    fg = FGGradCam(model, first)
     if kind == "floor":
         for p in model.parameters():
             p.requires_grad_(False)
@@ -43,10 +45,10 @@ def _measure(kind: str, batch: int, size: int, queue: mp.Queue) -> None:
     queue.put(peak - before)
 
 
-def measure(kind: str, batch: int, size: int) -> float:
+def measure(name: str, kind: str, batch: int, size: int) -> float:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_measure, args=(kind, batch, size, queue))
+    proc = ctx.Process(target=_measure, args=(name, kind, batch, size, queue))
     proc.start()
     value = queue.get()
     proc.join()
@@ -55,17 +57,21 @@ def measure(kind: str, batch: int, size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+",
+                        default=["vgg16_bn", "resnet50", "efficientnet_b0",
+                                 "mobilenet_v3_large", "convnext_tiny"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     args = parser.parse_args()
-    floor = measure("floor", args.batch, args.size)
-    ours = measure("fg-grad-cam", args.batch, args.size)
-    print(f"VGG16-bn, batch {args.batch}, {args.size}x{args.size}: peak memory above the "
-          "loaded model and input")
-    print("| call | MiB | ratio to floor |\n|---|---:|---:|")
-    print(f"| floor: forward + backward to the input | {floor:.0f} | 1.00 |")
-    print(f"| FG-Grad-CAM to the input | {ours:.0f} | {ours / floor:.2f} |")
-
+    print(f"batch {args.batch}, {args.size}x{args.size}: peak memory above the loaded model "
+          "and input\n")
+    print("| model | call | MiB | ratio to floor |\n|---|---|---:|---:|")
+    for name in args.models:
+        floor = measure(name, "floor", args.batch, args.size)
+        ours = measure(name, "fg-grad-cam", args.batch, args.size)
+        print(f"| {name} | floor: forward + backward to the input | {floor:.0f} | 1.00 |")
+        print(f"| {name} | FG-Grad-CAM to the input | {ours:.0f} | {ours / floor:.2f} |",
+              flush=True)
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ Floor: one forward plus one backward to the input of the same model and batch, p
 frozen (the least any gradient-based attribution to the input can cost). Each method's time is
 the median of ``--repeats`` runs, printed as seconds and as a ratio to the floor.
 
-    python benchmarks/speed.py                  # VGG16-bn, ResNet-50, EfficientNet-B0; batch 8
+    python benchmarks/speed.py   # VGG16-bn, ResNet-50, EfficientNet-B0, MobileNetV3-L, ConvNeXt-T
     python benchmarks/speed.py --models vgg16_bn --score-cam   # adds FG-Score-CAM
 """
 
@@ -34,6 +34,9 @@ def rows_for(name: str, model: torch.nn.Module, x: torch.Tensor, target: torch.T
         (f"Grad-CAM (Captum LayerGradCam, {cam})", lambda: grad_cam.attribute(x, target)),
         ("FG-Grad-CAM to the input",
          lambda: fg_input.attribute(x, target, attribute_to_layer_input=True)),
+        ("FG-Grad-CAM to the input, first call (CAM layer found in the pass)",
+         lambda: FGGradCam(model, first_conv(model)).attribute(
+             x, target, attribute_to_layer_input=True)),
     ]
     if name == "vgg16_bn":
         fg_13 = FGGradCam(model, model.features[13])
@@ -51,7 +54,8 @@ def rows_for(name: str, model: torch.nn.Module, x: torch.Tensor, target: torch.T
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+",
-                        default=["vgg16_bn", "resnet50", "efficientnet_b0"])
+                        default=["vgg16_bn", "resnet50", "efficientnet_b0",
+                                 "mobilenet_v3_large", "convnext_tiny"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
