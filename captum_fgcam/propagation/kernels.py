@@ -11,8 +11,6 @@ kernels run fastest in; only the layout changes, never the values).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -41,7 +39,7 @@ def transpose_linear(module: nn.Module, s: Tensor, weight: Tensor, x: Tensor) ->
 
 def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
                  relevance: Tensor, epsilon: float = 0.0, joined: Tensor | None = None,
-                 dropped: list[Tensor] | None = None, opposite: bool = False) -> Tensor:
+                 dropped: list[Tensor] | None = None) -> Tensor:
     r"""R_i = \sum_k x^k_i \sum_j w^k_ij R_j / z_j  with  z_j = \sum_k \sum_i x^k_i w^k_ij.
 
     The building block of the z^+ and z^B rules (no bias). With ``groups == 1`` the K
@@ -52,10 +50,7 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     z_j + epsilon sign(z_j) instead of "0 where z_j = 0". ``joined``: the inputs concatenated
     along the summed axis (channels, or features), if the caller has them already (``xs``
     then being its chunks, see :func:`sign_parts`). ``dropped``: a list that receives the
-    relevance of the outputs with z_j = 0, if any. ``opposite`` (``xs`` = [x^+, x^-] and
-    ``weights`` = [w^+, w^-]): where z_j = 0, R_j goes to the opposite-sign terms instead
-    (:func:`_opposite_where_zero`), and ``dropped`` receives what is left where those are 0
-    too.
+    relevance of the outputs with z_j = 0, if any.
     """
     layer = layer_of(module)
     is_conv = not fully_connected(layer)
@@ -68,15 +63,16 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
     joint = len(xs) > 1 and getattr(layer, "groups", 1) == 1
 
     with torch.no_grad():
-        z = _forward_terms(layer, f, xs, weights, joined)
+        if _concatenates_inputs(layer, weights):
+            z = f(torch.cat(xs, dim=dim) if joined is None else joined,
+                  torch.cat(weights, dim=1), None)
+        else:
+            z = f(xs[0], weights[0], None)
+            for x, w in zip(xs[1:], weights[1:], strict=True):
+                z += f(x, w, None)
         if dropped is not None and not bool(z.all()):  # some z_j == 0
             leftover = relevance * (z == 0)
             if bool(leftover.any()):
-                if opposite:
-                    r, left = _opposite_where_zero(module, f, xs, relevance, z)
-                    if left is not None:
-                        dropped.append(left)
-                    return r
                 dropped.append(leftover)
         s = (relevance / stabilise(z, epsilon) if epsilon
              else safe_divide(relevance, z, out=z))
@@ -94,45 +90,6 @@ def linear_terms(module: nn.Module, xs: list[Tensor], weights: list[Tensor],
         for x, g in zip(xs[1:], grads[1:], strict=True):
             r.addcmul_(x, g)
         return r
-
-
-def _opposite_where_zero(module: nn.Module, f: Callable[[Tensor, Tensor, Tensor | None], Tensor],
-                         xs: list[Tensor], relevance: Tensor, z: Tensor
-                         ) -> tuple[Tensor, Tensor | None]:
-    r"""The sign-aware z^+ terms (``xs`` = [x^+, x^-], z from w^+ and w^-) with R_j of the
-    outputs where z_j = 0 given to the opposite-sign terms:
-
-    s_j = R_j / z_j (z_j != 0), s'_j = R_j / z'_j (z_j = 0), where z'_j = \sum_i x_i w_ij
-    (every same-sign product being 0 there), and
-    R_i = x_i^+ (w^{+T} s + w^{-T} s')_i + x_i^- (w^{-T} s + w^{+T} s')_i
-        = [x_i (w^T (s + s'))_i + |x_i| (|w|^T (s - s'))_i] / 2 :
-    two transposed convolutions, as many as without the fallback. Returns R and the relevance
-    left where z'_j = 0 too (None if none).
-    """
-    w = module.weight.detach()
-    zero = z == 0
-    x = xs[0] + xs[1]
-    s = safe_divide(relevance, z, out=z)
-    opposite = torch.where(zero, safe_divide(relevance, f(x, w, None)), 0.0)
-    left = relevance * (zero & (opposite == 0))
-    s_sum, s_diff = s + opposite, s.sub_(opposite)
-    r = transpose_linear(module, s_sum, w, x).mul_(x)
-    r.addcmul_(xs[0] - xs[1], transpose_linear(module, s_diff, w.abs(), x))
-    return r.mul_(0.5), (left if bool(left.any()) else None)
-
-
-def _forward_terms(layer: nn.Module, f: Callable[[Tensor, Tensor, Tensor | None], Tensor],
-                   xs: list[Tensor], weights: list[Tensor], joined: Tensor | None) -> Tensor:
-    r"""z = \sum_k f(x^k, w^k): one convolution over the concatenated inputs where
-    :func:`_concatenates_inputs`, else K added."""
-    if _concatenates_inputs(layer, weights):
-        dim = 1 if not fully_connected(layer) else -1
-        return f(torch.cat(xs, dim=dim) if joined is None else joined,
-                 torch.cat(weights, dim=1), None)
-    z = f(xs[0], weights[0], None)
-    for x, w in zip(xs[1:], weights[1:], strict=True):
-        z += f(x, w, None)
-    return z
 
 
 def sign_parts(module: nn.Module, x: Tensor, weight: Tensor

@@ -267,12 +267,9 @@ class ZPlusRule(Rule):
         xs, joined = sign_parts(layer, call.x, w)  # [x^+, x^-], or [x] for x >= 0
         same_sign = [w.clamp(min=0), w.clamp(max=0)]
         dropped: list[Tensor] | None = [] if self.fallback else None
-        fused = self.fallback and not self.epsilon and len(xs) == 2  # in the same kernels
         r = linear_terms(layer, xs, same_sign[:len(xs)], relevance, self.epsilon,
-                         joined=joined, dropped=dropped, opposite=fused)
-        if dropped and fused:
-            r = r + self._squares(layer, xs, dropped[0], call.valid)
-        elif dropped:
+                         joined=joined, dropped=dropped)
+        if dropped:
             opposite = same_sign[::-1][:len(xs)]
             r = r + self._fallback(layer, xs, opposite, dropped[0], call.valid)
         return call.to_first_input(r)
@@ -295,14 +292,12 @@ class ZPlusRule(Rule):
                                relevance: Tensor, valid: Tensor | None) -> Tensor:
         dropped: list[Tensor] = []
         r = linear_terms(layer, xs, weights, relevance, self.epsilon, dropped=dropped)
-        return r + self._squares(layer, xs, dropped[0], valid) if dropped else r
-
-    def _squares(self, layer: Any, xs: list[Tensor], relevance: Tensor,
-                 valid: Tensor | None) -> Tensor:
-        """The w^2 rule over the inputs that exist."""
-        w = layer.weight.detach()
-        exists = torch.ones_like(xs[0]) if valid is None else valid.to(xs[0]).expand_as(xs[0])
-        return linear_terms(layer, [exists], [w * w], relevance, self.epsilon)
+        if dropped:
+            w = layer.weight.detach()
+            exists = (torch.ones_like(xs[0]) if valid is None
+                      else valid.to(xs[0]).expand_as(xs[0]))
+            r = r + linear_terms(layer, [exists], [w * w], dropped[0], self.epsilon)
+        return r
 
 
 class _StabilisedLinearRule(Rule):
