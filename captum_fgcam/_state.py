@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 @contextlib.contextmanager
@@ -38,3 +38,12 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                     b.copy_(saved)
         for m, mode in modes.items():
             m.training = mode
+
+
+def usable(t: Tensor) -> Tensor:
+    """``t``, or where it was made under ``torch.inference_mode()`` a copy made outside it:
+    autograd cannot save inference tensors, and attribution needs autograd (same values)."""
+    if not t.is_inference():
+        return t
+    with torch.inference_mode(False):
+        return t.clone()

@@ -20,9 +20,12 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import torch
 from captum.attr import GuidedBackprop, GuidedGradCam
 from torch import Tensor, nn
 
+from ._state import usable
+from .arguments import TargetType
 from .attr import (
     CLRP,
     LRP,
@@ -39,13 +42,22 @@ from .attr import (
     XGradCam,
 )
 from .attr.refine import find_refine_layers
+from .attr.validation import as_target, check_target
 from .propagation import TokenLayout, find_cam_layer, find_input_layer
-from .propagation.layers import record_example
+from .propagation.capture import refuse_non_finite, scores_of, unwrap, where_non_finite
+from .propagation.layers import (
+    cam_layer_in,
+    check_cam_layer,
+    module_output,
+    qualified_name,
+    record_example,
+    resolve_module,
+)
 
 INPUT = "input"
 
 #: (images, targets) -> one map per image, detached
-Explainer = Callable[[Tensor, Tensor], Tensor]
+Explainer = Callable[[Tensor, TargetType], Tensor]
 #: (model, layer name, to_input, rule preset, example input) -> explainer
 Builder = Callable[[nn.Module, str, bool, str, Tensor | None], Explainer]
 
@@ -67,6 +79,7 @@ class Method:
     aliases: tuple[str, ...] = ()
     benchmarked_at_layers: bool = True  # the paper reports LRP at the input only
     scores: bool = False  # normalised [0, 1] scores (a product of maps), not relevance
+    cam_at_layer: bool = False  # the layer is the method's CAM layer (plain CAMs)
 
     def supports(self, layer: str) -> bool:
         return self.at_input if layer == INPUT else self.at_layers
@@ -81,9 +94,9 @@ def _plain(name: str, make: Callable[[nn.Module, nn.Module], object],
     """A plain CAM, at layers only, ReLU'd as in its paper (``relu_attributions=method.relu``)."""
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
-        cam = make(model, model.get_submodule(layer))
+        cam = make(model, resolve_module(model, layer))
         return lambda x, t: cam.attribute(x, t, relu_attributions=method.relu).detach()
-    method = Method(name, "CAM", build, True, False, True, aliases)
+    method = Method(name, "CAM", build, True, False, True, aliases, cam_at_layer=True)
     return method
 
 
@@ -124,6 +137,21 @@ def _quiet_relu_hooks() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _finite_scores(model: nn.Module) -> Iterator[None]:
+    """Refuse NaN or Inf in the scores of the model's passes in the block (Captum's classes run
+    it themselves), saying where they first appear."""
+    module, seen = unwrap(model), []
+    handle = module.register_forward_hook(lambda m, args, out: seen.append((args, out)))
+    try:
+        yield
+    finally:
+        handle.remove()
+    for args, out in seen:
+        refuse_non_finite(scores_of(out), "the model's scores",
+                          lambda a=args: where_non_finite(record_example(module, a), module))
+
+
 def _guided(fine_grained: bool) -> Builder:
     """Guided backpropagation times a CAM at the image: Grad-CAM upsampled bilinearly (Captum's
     ``GuidedGradCam``), or the FG-Grad-CAM input map in its place."""
@@ -131,17 +159,16 @@ def _guided(fine_grained: bool) -> Builder:
               example: Tensor | None) -> Explainer:
         if not fine_grained:
             cam_layer = find_cam_layer(model, example)
+            scores = []  # the model's scores for one image, recorded once
             if example is not None:  # refused before any map is computed
-                _refuse_token_grid(model, cam_layer, example)
-            guided = GuidedGradCam(model, model.get_submodule(cam_layer))
-            checked = example is not None
+                scores.append(_refuse_token_grid(model, cam_layer, example))
+            guided = GuidedGradCam(model, resolve_module(model, cam_layer))
 
-            def explain(x: Tensor, t: Tensor) -> Tensor:
-                nonlocal checked
-                if not checked:  # once, on the first batch
-                    _refuse_token_grid(model, cam_layer, x)
-                    checked = True
-                with _quiet_relu_hooks():
+            def explain(x: Tensor, t: TargetType) -> Tensor:
+                if not scores:  # once, on the first batch
+                    scores.append(_refuse_token_grid(model, cam_layer, x))
+                check_target(t, None, scores[0])  # Captum's class checks no target
+                with _quiet_relu_hooks(), _finite_scores(model):
                     return guided.attribute(x, t, interpolate_mode="bilinear").sum(
                         dim=1, keepdim=True).detach()
             return explain
@@ -156,8 +183,9 @@ def _guided(fine_grained: bool) -> Builder:
     return build
 
 
-def _refuse_token_grid(model: nn.Module, layer: str, x: Tensor) -> None:
-    """Captum's ``GuidedGradCam`` sums a layer's axis 1 as channels; refuse a token grid."""
+def _refuse_token_grid(model: nn.Module, layer: str, x: Tensor) -> Tensor:
+    """Captum's ``GuidedGradCam`` sums a layer's axis 1 as channels; refuse a token grid.
+    Returns the model's scores for the first image (recorded to look)."""
     cap = record_example(model, x[:1])
     value = cap.values[cap.calls[layer][0].output]
     if TokenLayout.of(value, x, cap.grids) != TokenLayout():
@@ -165,6 +193,7 @@ def _refuse_token_grid(model: nn.Module, layer: str, x: Tensor) -> None:
             f"Guided Grad-CAM (Captum's GuidedGradCam) reads {layer!r} as channels-first, but "
             f"{type(model).__name__} keeps its tokens channels-last there (shape "
             f"{tuple(value.shape)}); use Guided FG-Grad-CAM, or Grad-CAM (which reshapes)")
+    return scores_of(cap.output)
 
 
 _CAMS = [  # (name, plain class, FG weighting, aliases)
@@ -245,14 +274,52 @@ def explainers(model: nn.Module, methods: Sequence[str], layers: Sequence[str],
     (``example``: an input batch, to find the image layer on; ``rules``: FG-CAM's and LRP's
     rule preset; ``benchmark``: the paper's pairs only, LRP family at the input)."""
     chosen = [METHODS[n] for n in resolve(methods, layers)]
-    image_layer = find_input_layer(model, example) if INPUT in layers else ""
-    out: dict[tuple[str, str], Explainer] = {}
-    for layer in layers:
-        to_input = layer == INPUT
-        for method in chosen:
-            if not method.supports(layer) or (benchmark and not to_input
-                                              and not method.benchmarked_at_layers):
-                continue
-            out[method.name, layer] = method.build(model, image_layer if to_input else layer,
-                                                   to_input, rules, example)
+    with torch.inference_mode(False):
+        example = None if example is None else usable(example)
+        image_layer = find_input_layer(model, example) if INPUT in layers else ""
+        if example is not None:  # CAM layers checked before any map is computed
+            _check_cam_layers(model, [layer for layer in layers if layer != INPUT and any(
+                m.cam_at_layer for m in chosen)], example)
+        out: dict[tuple[str, str], Explainer] = {}
+        for layer in layers:
+            to_input = layer == INPUT
+            for method in chosen:
+                if not method.supports(layer) or (benchmark and not to_input
+                                                  and not method.benchmarked_at_layers):
+                    continue
+                out[method.name, layer] = _checked(model, method.build(
+                    model, image_layer if to_input else layer, to_input, rules, example))
     return out
+
+
+def _check_cam_layers(model: nn.Module, layers: Sequence[str], example: Tensor) -> None:
+    """:func:`~captum_fgcam.propagation.layers.check_cam_layer` for each of ``layers`` on one
+    recorded pass of ``example``."""
+    module = unwrap(model)
+    names = [qualified_name(module, layer) for layer in layers]
+    if "" in names:
+        check_cam_layer("")  # the model itself: refused before any pass
+    if not names:
+        return
+    cap = record_example(module, example)
+    for name in names:
+        check_cam_layer(name, cap.values[module_output(cap, name)], cap.values[cap.image],
+                        cap.grids, suggest=lambda: cam_layer_in(cap, module))
+
+
+def _checked(model: nn.Module, explain: Explainer) -> Explainer:
+    """``explain`` with its target normalised (:func:`~captum_fgcam.attr.validation.as_target`)
+    before any work, run with autograd outside ``torch.inference_mode()`` (inputs made under
+    it are copied; attribution needs gradients), its map refused if it holds NaN or Inf (the
+    methods built on Captum's classes do not check their own)."""
+    def run(x: Tensor, target: TargetType) -> Tensor:
+        target = as_target(target, x.shape[0] if isinstance(x, Tensor) else None)
+        if isinstance(target, Tensor) and isinstance(x, Tensor):
+            target = target.to(x.device)
+        with torch.inference_mode(False), torch.enable_grad():
+            x = usable(x) if isinstance(x, Tensor) else x
+            result = explain(x, target)
+            refuse_non_finite(result, "the map", lambda: where_non_finite(
+                record_example(model, x), unwrap(model)))
+        return result
+    return run

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._batching import take_all
-from .attr.validation import as_target
+from .attr.validation import as_target, check_target
 
 TargetLike = int | Sequence[int] | Tensor
 ArrayLike = Tensor | np.ndarray | Sequence[Any]
@@ -216,19 +216,20 @@ def _pixel_ranks(sal: Tensor) -> Tensor:
 
 
 def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
-    target = as_target(target)
-    if not isinstance(target, (int, list, tuple, Tensor)):
-        raise TypeError(f"target must be class indices (an int, a list, a numpy array or a "
-                        f"tensor of integers), got {type(target).__name__}")
-    if isinstance(target, Tensor) and target.dim() == 0:
-        target = target.item()
-    t = torch.as_tensor(target, dtype=torch.long, device=device)
-    if t.dim() == 0:
-        return t.expand(n)
-    if t.shape != (n,):
-        raise ValueError(f"target must be an int or have one entry per image ({n}), got "
-                         f"shape {tuple(t.shape)}")
-    return t
+    """One class index per image, normalised as in the attributions (:func:`as_target`)."""
+    target = as_target(target, n)
+    if target is None:
+        raise TypeError("target must be class indices (an int, a list, a numpy array or a "
+                        "tensor of integers, one per image); got None")
+    if isinstance(target, tuple) and len(target) == 1:
+        target = target[0]
+    if isinstance(target, (tuple, list)):
+        raise ValueError(f"target {target!r} indexes several output dimensions; the metrics "
+                         "score one class of (N, classes) scores per image: pass class "
+                         "indices")
+    if isinstance(target, int):
+        return torch.full((n,), target, dtype=torch.long, device=device)
+    return target.to(device)
 
 
 def _check(forward_func: Any, inputs: Any, attributions: Any) -> tuple[Tensor, Tensor]:
@@ -303,10 +304,7 @@ def check_scores(output: Any, targets: Tensor, source: str = "forward_func") -> 
     if not isinstance(output, Tensor) or output.dim() != 2:
         raise ValueError(f"{source} must return scores of shape (N, classes), got "
                          f"{type(output).__name__} {tuple(getattr(output, 'shape', ()))}")
-    bad = targets[(targets < 0) | (targets >= output.shape[1])]
-    if bad.numel():
-        raise ValueError(f"target {bad[0].item()} is out of range: the model has "
-                         f"{output.shape[1]} classes (0 to {output.shape[1] - 1})")
+    check_target(as_target(targets), None, output)
 
 
 def _composite(inputs: Tensor, blurred: Tensor, ranks: Tensor, samples: Tensor, counts: Tensor,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attr.validation import as_target
 from .methods import INPUT, explainers, get_method
 from .propagation import find_cam_layer
 
@@ -32,14 +33,15 @@ def explain_func(model: nn.Module, inputs: Any, targets: Any, method: str = "FG-
                  layer: str | None = None, rules: str = "conserving",
                  **_: Any) -> np.ndarray:
     """(N, 1, H, W) float32 maps of ``method`` at ``layer`` for ``inputs`` (N, C, H, W) and
-    integer ``targets`` (N,), upsampled bilinearly to H x W when the layer is coarser.
+    integer ``targets`` (N,) (any target form the attributions take; floats and booleans are
+    refused, not cast), upsampled bilinearly to H x W when the layer is coarser.
 
     ``layer``: a module name or ``"input"``; default: the input for methods that reach it,
     else the model's CAM layer. Other keyword arguments (Quantus passes some) are ignored.
     """
     first = next(model.parameters())
     x = torch.as_tensor(np.asarray(inputs), dtype=first.dtype, device=first.device)
-    target = torch.as_tensor(np.asarray(targets), device=first.device).long().reshape(-1)
+    target = as_target(targets, x.shape[0])  # checked as everywhere, never cast
     chosen = get_method(method)
     if layer is None:
         layer = INPUT if chosen.at_input else find_cam_layer(model, x[:1])

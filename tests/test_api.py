@@ -122,7 +122,7 @@ def test_missing_rule_names_the_operation_and_a_fix_that_works():
 
 def test_every_attribution_takes_a_layer_by_module_or_name(vgg11bn):
     import captum_fgcam as fg
-    x = image_batch(1, 32, 32)
+    x = image_batch(1, 64, 64)  # multi-scale needs a CAM layer grid larger than 1 x 1
     for cls in (fg.GradCam, fg.GradCamPlusPlus, fg.XGradCam, fg.LayerCam, fg.HiResCam):
         by_name = cls(vgg11bn, "features.21").attribute(x, 2)
         assert torch.equal(by_name, cls(vgg11bn, vgg11bn.features[21]).attribute(x, 2))

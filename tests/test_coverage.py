@@ -18,6 +18,7 @@ from test_model_state import assert_unchanged, snapshot
 from torch import nn
 
 from captum_fgcam import (
+    LRP,
     CaptureError,
     FGGradCam,
     MissingRuleError,
@@ -312,9 +313,8 @@ def test_every_missing_rule_suggestion_is_a_rule_that_works():
     assert torch.allclose(fixed.sum(), comps.sum(), rtol=1e-4)
     with pytest.raises(MissingRuleError,
                        match=r"expit.*rules=\{'special_expit': PassRule\(\)\}"):
-        FGGradCam(model, "conv1", cam_layer="head", rules=known).attribute(x, 1)
-    head = FGGradCam(model, "conv1", cam_layer="head",
-                     rules={**known, "special_expit": PassRule()})
+        LRP(model, "conv1", rules=known).attribute(x, 1)  # from the logits, through expit
+    head = LRP(model, "conv1", rules={**known, "special_expit": PassRule()})
     assert torch.isfinite(head.attribute(x, 1)).all()
 
 

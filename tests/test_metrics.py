@@ -309,7 +309,7 @@ def test_blur_matches_scipy():
 
 def test_clear_errors(cnn, batch):
     x, attr, targets = batch
-    with pytest.raises(ValueError, match="one entry per image"):
+    with pytest.raises(ValueError, match="2 entries for 3 examples"):
         insertion_deletion(cnn, x, attr, [0, 1])
     with pytest.raises(ValueError, match="attributions must have shape"):
         average_drop_increase(cnn, x, attr[:, 0, 0], targets)

@@ -330,7 +330,7 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path):
 # -- targets: every form Captum accepts works, the others are named ---------------------------
 
 @pytest.mark.parametrize("form", ["int", "numpy array", "numpy int", "column tensor", "list",
-                                  "tensor"])
+                                  "tensor", "int32 tensor", "list of tuples"])
 def test_target_forms_give_the_same_map(form):
     model = Small().eval()
     x = image_batch(2, 12, 12)
@@ -338,7 +338,8 @@ def test_target_forms_give_the_same_map(form):
     expected = fg.attribute(x, torch.tensor([1, 1]))
     target = {"int": 1, "numpy array": np.array([1, 1]), "numpy int": np.int64(1),
               "column tensor": torch.tensor([[1], [1]]), "list": [1, 1],
-              "tensor": torch.tensor(1)}[form]
+              "tensor": torch.tensor(1), "int32 tensor": torch.tensor([1, 1], dtype=torch.int32),
+              "list of tuples": [(1,), (1,)]}[form]
     torch.testing.assert_close(fg.attribute(x, target), expected)
 
 

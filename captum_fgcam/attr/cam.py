@@ -10,15 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from .._state import preserved_state
 from ..arguments import TargetType, forward_args_tuple, input_tuple
-from ..propagation.capture import scores_of, unwrap
-from ..propagation.layers import LayerRef
+from ..propagation.capture import capture, refuse_non_finite, scores_of, unwrap, where_non_finite
+from ..propagation.layers import (
+    LayerError,
+    LayerRef,
+    check_cam_layer,
+    find_cam_layer,
+    qualified_name,
+)
 from ..propagation.tokens import as_grid
 from ..weightings import (
+    CamRecord,
     ConceptorWeighting,
     ScoreCamWeighting,
     Weighting,
@@ -30,7 +38,11 @@ from ..weightings import (
     xgrad_cam,
 )
 from .base import LayerGradientAttribution
-from .validation import as_target, check_inputs
+from .validation import as_target, check_inputs, check_target
+
+
+class _NonFinite(Exception):
+    """The model's scores hold NaN or Inf (raised inside the weighting, located outside)."""
 
 
 class _PlainCam(LayerGradientAttribution):
@@ -38,31 +50,76 @@ class _PlainCam(LayerGradientAttribution):
     (``layer``: a module, or its dotted name when ``forward_func`` is the model)."""
 
     weighting: Weighting
+    #: the fewest positions the layer's map may have (2 in RefineCAM's product of min-max
+    #: normalised maps, where a 1 x 1 map is 0; see ``check_cam_layer``)
+    min_positions = 1
+
+    def __init__(self, forward_func: Callable[..., Any], layer: LayerRef,
+                 device_ids: list[int] | None = None) -> None:
+        super().__init__(forward_func, layer, device_ids)
+        if isinstance(forward_func, nn.Module) and unwrap(self.layer) is unwrap(forward_func):
+            check_cam_layer("")
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   relu_attributions: bool = False, attr_dim_summation: bool = True) -> Tensor:
-        """Captum's ``LayerGradCam`` conventions; the map is at the layer's output."""
+        """Captum's ``LayerGradCam`` conventions; the map is at the layer's output. Inputs and
+        target are checked as FG-CAM checks them, the layer as a CAM layer
+        (:func:`~captum_fgcam.propagation.layers.check_cam_layer`), the scores of every model
+        call against the target and for NaN or Inf."""
         if attribute_to_layer_input:
             raise NotImplementedError(
                 f"{type(self).__name__} weights a layer's output channels; pass the module "
                 "whose output you want as layer instead of attribute_to_layer_input=True")
         inputs = input_tuple(inputs)
-        target = as_target(target)
+        model = unwrap(self.forward_func) if isinstance(self.forward_func, nn.Module) else None
+        if model is not None:
+            inputs = check_inputs(model, inputs)
+        target = as_target(target, inputs[0].shape[0])
         extra = forward_args_tuple(additional_forward_args)
-        if isinstance(self.forward_func, nn.Module):
-            model = unwrap(self.forward_func)
-            check_inputs(model, inputs)
-            with preserved_state(model):
-                components = components_at(self.weighting, lambda *a: scores_of(model(*a)),
-                                           self.layer, inputs, target, extra)
-        else:
-            components = components_at(self.weighting, self.forward_func, self.layer, inputs,
-                                       target, extra)
+        weighting, k, bad = self.weighting, len(inputs), []
+
+        def forward(*args: Any) -> Tensor:
+            scores = scores_of((model or self.forward_func)(*args))
+            check_target(target, args[0].shape[0], scores, weighting.requires_target)
+            if not bool(torch.isfinite(scores).all()):
+                bad.append((args, scores))
+                raise _NonFinite  # located below, once the weighting's hooks are gone
+            return scores
+
+        def check(cam: CamRecord) -> None:
+            check_cam_layer(_name(model, self.layer), cam.activation, inputs[0],
+                            gradient=cam.gradient, positions=self.min_positions,
+                            suggest=None if model is None
+                            else lambda: find_cam_layer(model, inputs))
+
+        def locate(args: tuple[Any, ...]) -> str:
+            if model is None:
+                return "pass the model as an nn.Module to locate where"
+            with torch.no_grad():
+                return where_non_finite(capture(model, args[:k], args[k:]), model)
+
+        with preserved_state(model) if model is not None else torch.inference_mode(False):
+            try:
+                components = components_at(weighting, forward, self.layer, inputs, target,
+                                           extra, check)
+            except _NonFinite:
+                args, scores = bad[0]
+                refuse_non_finite(scores, "the model's scores", lambda: locate(args))
+            refuse_non_finite(components, "the CAM components",
+                              lambda: locate((*inputs, *(extra or ()))))
         components = as_grid(components, inputs[0])  # a token grid: channels first
         cam = components.sum(dim=1, keepdim=True) if attr_dim_summation else components
         return cam.clamp(min=0) if relu_attributions else cam
+
+
+def _name(model: nn.Module | None, layer: nn.Module) -> str:
+    """``layer``'s dotted name in ``model`` for messages, else its type."""
+    try:
+        return qualified_name(model, layer) if model is not None else type(layer).__name__
+    except LayerError:
+        return type(layer).__name__
 
 
 class GradCam(_PlainCam):

@@ -22,8 +22,8 @@ from .._batching import each, finished, take, take_all
 from .._state import preserved_state
 from ..arguments import TargetType, forward_args_tuple, input_tuple, select_targets
 from ..denoising import svd_denoise
-from ..propagation.capture import ANY_LAYER, scores_of
-from ..propagation.layers import LayerRef, Rules, cam_layer_in
+from ..propagation.capture import ANY_LAYER, refuse_non_finite, scores_of, where_non_finite
+from ..propagation.layers import LayerRef, Rules, cam_layer_in, check_cam_layer, qualified_name
 from ..propagation.tokens import on_grid
 from ..propagation.upsampler import Span
 from ..weightings import CamRecord, ScoreCamWeighting, Weighting, get_weighting
@@ -38,12 +38,17 @@ class ComponentPropagation(PropagatedAttribution):
     :class:`FGCam` and :class:`~captum_fgcam.attr.multiscale.MultiScaleFGCam` share (their
     arguments: :class:`FGCam`). The property :attr:`cam_layer` is the CAM layer used."""
 
+    #: the fewest positions a CAM layer's map may have (:func:`check_cam_layer`)
+    min_positions = 1
+
     def __init__(self, forward_func: nn.Module, layer: LayerRef,
                  device_ids: list[int] | None = None, *,
                  weighting: str | Weighting | Any = "grad_cam",
                  cam_layer: LayerRef | None = None, rules: Rules = None,
                  fold_batchnorm: bool = False) -> None:
         super().__init__(forward_func, layer, device_ids, cam_layer, rules, fold_batchnorm)
+        if cam_layer is not None:
+            check_cam_layer(qualified_name(self.module, cam_layer))
         self.weighting = get_weighting(weighting)
         self._found: str | None = None  # the CAM layer the last call found
 
@@ -61,11 +66,10 @@ class ComponentPropagation(PropagatedAttribution):
         one recorded forward pass of the real input, the weighting's components (denoised
         with ``denoise``), and ``maps(span, components, cam layer name)``; the batches'
         maps concatenated."""
-        inputs = input_tuple(inputs)
-        check_inputs(self.module, inputs)
-        target = as_target(target)
-        extra = forward_args_tuple(additional_forward_args)
+        inputs = check_inputs(self.module, input_tuple(inputs))
         n = inputs[0].shape[0]
+        target = as_target(target, n)
+        extra = forward_args_tuple(additional_forward_args)
         step = n if internal_batch_size is None else internal_batch_size
         if step < 1:
             raise ValueError(f"internal_batch_size must be >= 1; got {internal_batch_size}")
@@ -102,14 +106,17 @@ class ComponentPropagation(PropagatedAttribution):
         cam_name = up.from_name or cam_layer_in(cap, module)
         if gradient and cam_name not in cap.live:
             cap = up.capture(inputs, additional_forward_args, cam_name)
-        span = up.span(cap, to_input, cam_name)
         scores = scores_of(cap.output)
         check_target(target, inputs[0].shape[0], scores, required=weighting.requires_target)
+        refuse_non_finite(scores, "the model's scores", lambda: where_non_finite(cap, module))
+        span = up.span(cap, to_input, cam_name)
         grad = None
         if gradient:
             with torch.enable_grad():
                 score = select_targets(scores, target).sum()
             (grad,) = torch.autograd.grad(score, cap.live[cam_name])
+        check_cam_layer(cam_name, span.activation(), inputs[0], cap.grids, grad,
+                        self.min_positions, lambda: cam_layer_in(cap, module))
         cap.output = scores = score = None  # the weighting may need the memory
         cap.live.clear()
         cam = CamRecord(module.get_submodule(cam_name), span.activation(), grad, cap.grids)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from .._batching import each, finished
 from .._state import preserved_state
 from ..arguments import TargetType, input_tuple
+from ..propagation.capture import refuse_non_finite, scores_of, where_non_finite
 from ..propagation.core import safe_divide
 from ..propagation.layers import LayerRef, Rules, producing_module, resolve_module
 from ..propagation.views import NegatedRows
@@ -92,13 +93,14 @@ class LRP(PropagatedAttribution):
                   ) -> Tensor | tuple[Tensor, ...]:
         """Captum's conventions; returns signed relevance (N x 1 x ... when summed), a tuple
         for a layer input of several tensors."""
-        inputs = input_tuple(inputs)
-        check_inputs(self.module, inputs)
-        target = as_target(target)
-        up = self.upsampler
+        inputs = check_inputs(self.module, input_tuple(inputs))
         n = inputs[0].shape[0]
+        target = as_target(target, n)
+        up = self.upsampler
         with preserved_state(self.module):
             cap = up.capture(inputs, additional_forward_args)
+            refuse_non_finite(scores_of(cap.output), "the model's scores",
+                              lambda: where_non_finite(cap, self.module))
             span = up.span(cap, attribute_to_layer_input)
             logits = span.activation()
             check_target(target, n, logits)

@@ -29,7 +29,10 @@ from .refine import refine_layers, scale_product
 
 class MultiScaleFGCam(ComponentPropagation):
     """Multi-scale FG-CAM (module docstring) for any CAM weighting; the arguments of
-    :class:`~captum_fgcam.attr.fg_cam.FGCam` (``layer``: a layer with one tensor input)."""
+    :class:`~captum_fgcam.attr.fg_cam.FGCam` (``layer``: a layer with one tensor input; the
+    CAM layer's map must have two positions at least)."""
+
+    min_positions = 2
 
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,

@@ -33,6 +33,7 @@ from ..propagation.capture import Capture, unwrap
 from ..propagation.layers import (
     LayerRef,
     cam_layer_in,
+    qualified_name,
     record_example,
     require_module,
     resolve_module,
@@ -62,6 +63,8 @@ class RefineCam(LayerGradientAttribution):
             raise ValueError("RefineCAM needs at least one layer")
         module = unwrap(forward_func)
         self.cams = [base(forward_func, resolve_module(module, layer)) for layer in layers]
+        for cam in self.cams:
+            cam.min_positions = 2  # a 1 x 1 map min-max normalises to 0: so would the product
         super().__init__(forward_func, self.cams[-1].layer, device_ids)
 
     @log_usage()
@@ -117,4 +120,5 @@ def find_refine_layers(model: nn.Module, layer: str | None,
     """:func:`refine_layers` for ``model`` (one forward pass on ``inputs``)."""
     module = unwrap(model)
     cap = record_example(module, inputs)
-    return refine_layers(cap, module, cam_layer_in(cap, module), layer)
+    return refine_layers(cap, module, cam_layer_in(cap, module),
+                         None if layer is None else qualified_name(module, layer))

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._state import usable
 from ..arguments import TargetType
 from ..propagation.views import CONVOLUTION_LAYERS
 
@@ -35,9 +36,10 @@ def check_parameters(model: nn.Module) -> None:
             "Inf: every map of this model would be meaningless; reload or repair the weights")
 
 
-def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     """Type, dtype, rank, emptiness, finiteness and device of the inputs, the model's
-    precision and the finiteness of its parameters, before any work."""
+    precision and the finiteness of its parameters, before any work; returns the inputs,
+    those made under ``torch.inference_mode()`` copied outside it (autograd may use them)."""
     first = next((p for p in model.parameters()), None)
     if first is not None and first.dtype in UNSUPPORTED_DTYPES:
         raise TypeError(
@@ -74,71 +76,140 @@ def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"input {i} contains NaN or Inf; clean the input first")
     check_parameters(model)
+    return tuple(usable(x) for x in inputs)
 
 
-def as_target(target: Any) -> TargetType:
-    """A target in one of Captum's forms: numpy arrays and numpy integers become tensors and
-    ints, an (N, 1) column of indices a vector; floats and booleans (Python, numpy or tensor)
-    are refused before any work (a float 1.7 would silently select class 1, a boolean class 0
-    or 1)."""
+def as_target(target: Any, n: int | None = None) -> TargetType:
+    """The one normalisation of a target, run by every entry point (attributions, registry,
+    Quantus adapter, metrics) before any work: Captum's forms, checked, in one canonical form.
+
+    Accepted: None; a class index (a Python or numpy integer, a 0-d or one-element integer
+    tensor) -> int; a tuple of indices into an output with several dimensions per example;
+    one class per example (a 1-d integer tensor, an (N, 1) column, a numpy array, a list of
+    ints) -> a 1-d int64 tensor of length ``n``; a list of tuples (one multi-dimensional index
+    per example). Refused, naming the fix: negative indices (Python's counting from the end is
+    not a class index, and would explain the last class in some methods only), floats and
+    booleans (1.7 or True would select class 1), uint8 tensors (how masks and images are
+    stored, not labels), (N, k > 1) tensors, a length other than ``n``, strings, callables and
+    other objects. A tensor made under ``torch.inference_mode()`` is copied outside it.
+    """
+    if target is None:
+        return None
     if isinstance(target, np.ndarray):
+        if target.dtype.kind not in "biuf":
+            raise TypeError(f"target is a numpy array of {target.dtype}; pass class indices "
+                            "as integers")
         target = torch.as_tensor(target)
-    elif isinstance(target, np.integer):
-        target = int(target)
-    if isinstance(target, (bool, np.bool_)) or (isinstance(target, Tensor)
-                                                and target.dtype == torch.bool):
-        raise TypeError("target is a boolean; pass class indices as integers")
     if isinstance(target, Tensor):
-        if target.is_floating_point():
-            raise TypeError(f"target has dtype {target.dtype}; pass class indices as integers "
-                            "(e.g. labels.long())")
-        if target.dim() == 2 and target.shape[1] == 1:  # a column of class indices
-            target = target.flatten()
-    if isinstance(target, (float, np.floating)):
-        raise TypeError(f"target {target!r} is a float; pass a class index as an integer")
+        return _tensor_target(usable(target), n)
+    if isinstance(target, tuple):
+        if not target:
+            raise ValueError("target is an empty tuple; pass a class index (an int), or one "
+                             "index per output dimension")
+        return tuple(_index(t) for t in target)
     if isinstance(target, list):
-        bad = [t for t in target if isinstance(t, (bool, float, np.bool_, np.floating))]
-        if bad:
-            raise TypeError(f"target holds {bad[0]!r}; pass class indices as integers")
-        return [int(t) if isinstance(t, np.integer) else t for t in target]
-    return target
+        if n is not None and len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for {n} examples; give one per "
+                             "example, or a single class for all")
+        if target and all(isinstance(t, tuple) for t in target):
+            if len({len(t) for t in target}) > 1 or not target[0]:
+                raise ValueError("target's tuples differ in length (or are empty); give one "
+                                 "index per output dimension for every example")
+            return [tuple(_index(i) for i in t) for t in target]
+        return torch.tensor([_index(t) for t in target], dtype=torch.long)
+    return _index(target)
 
 
-def check_target(target: TargetType, n: int, output: Any, required: bool = True) -> None:
-    """Target forms as in Captum, each index within the model's output for ``n`` examples.
+def _index(value: Any) -> int:
+    """One class index as an int, or an error naming what it is and what to pass."""
+    if isinstance(value, Tensor) and value.dim() == 0:
+        value = _tensor_target(value, None)
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"target {value!r} is a boolean; pass class indices as integers")
+    if isinstance(value, (float, np.floating)):
+        raise TypeError(f"target {value!r} is a float; pass a class index as an integer")
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"target {value!r} is a string; pass class indices as integers "
+                        f"(with a list of class names: names.index({value!r}))")
+    if callable(value):
+        raise TypeError("targets as callables are not supported yet; pass the class index "
+                        "(an int, or one per example as a tensor or list), or wrap the model "
+                        "so that its forward returns the score to explain")
+    if not isinstance(value, (int, np.integer)):
+        raise TypeError(f"target is a {type(value).__name__}; pass a class index (an int), "
+                        "a tuple of indices, or one per example (a tensor or a list)")
+    if value < 0:
+        raise ValueError(f"target {int(value)} is out of range: class indices count from 0 "
+                         "(negative ones, Python's counting from the end, are not supported; "
+                         "for the last class pass classes - 1)")
+    return int(value)
+
+
+def _tensor_target(target: Tensor, n: int | None) -> int | Tensor:
+    """A tensor target as an int (one element) or a 1-d int64 tensor (one per example)."""
+    if target.dtype == torch.bool:
+        raise TypeError("target is a boolean tensor; pass class indices as integers")
+    if target.is_floating_point() or target.is_complex():
+        raise TypeError(f"target has dtype {target.dtype}; pass class indices as integers "
+                        "(e.g. labels.long())")
+    if target.dtype == torch.uint8:
+        raise TypeError("target has dtype torch.uint8, the dtype of masks and images, not of "
+                        "class indices; if it holds labels, pass target.long()")
+    if target.dim() == 2 and target.shape[1] == 1:  # a column of class indices
+        target = target.flatten()
+    if target.numel() == 1:
+        return _index(int(target.item()))
+    if target.dim() != 1:
+        raise ValueError(f"target has shape {tuple(target.shape)}; pass one class index per "
+                         "example (shape (N,)), or for an output with several dimensions per "
+                         "example a list of tuples, one per example")
+    if n is not None and target.shape[0] != n:
+        raise ValueError(f"target has {target.shape[0]} entries for {n} examples; give one per "
+                         "example, or a single class for all")
+    if bool((target < 0).any()):
+        _index(int(target.min()))  # names the negative index
+    return target.long()
+
+
+def check_target(target: TargetType, n: int | None, output: Any, required: bool = True) -> None:
+    """A normalised target (:func:`as_target`) against the model's output for ``n`` examples
+    (None: any number of rows): every index within its dimension, one score per example.
 
     ``required``: a missing target is an error for a model with several outputs (built-in
     weightings explain one class); custom weightings may not need one.
     """
-    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != n:
+    if not isinstance(output, Tensor) or output.dim() == 0 \
+            or (n is not None and output.shape[0] != n):
         raise ValueError(
             f"the model returned {type(output).__name__} of shape "
             f"{tuple(getattr(output, 'shape', ()))} for {n} examples; the forward must return "
             "one row of scores per example")
-    classes = output.shape[1] if output.dim() > 1 else 1
+    dims = tuple(output.shape[1:])
     if target is None:
         if required and output[0].numel() != 1:
-            raise ValueError(f"the model has {classes} outputs per example: pass target= (a "
-                             "class index, or one per example)")
+            raise ValueError(f"the model has {output[0].numel()} outputs per example: pass "
+                             "target= (a class index, or one per example)")
         return
     if isinstance(target, Tensor):
-        if target.dtype.is_floating_point:
-            raise TypeError(f"target has dtype {target.dtype}; pass class indices as integers "
-                            "(e.g. labels.long())")
-        if target.numel() != 1 and target.shape[0] != n:
-            raise ValueError(f"target has {target.shape[0]} entries for {n} examples; give one "
-                             "per example, or a single class for all")
-        values = target.flatten().tolist()
+        indices = [(int(target.max()),)]
+        if len(dims) != 1:
+            raise ValueError(f"target has one class index per example, but the model's "
+                             f"output has shape {tuple(output.shape)}; pass a list of tuples, "
+                             f"one index per output dimension for each example")
     elif isinstance(target, list):
-        if len(target) != n:
-            raise ValueError(f"target has {len(target)} entries for {n} examples; give one per "
-                             "example, or a single class for all")
-        values = [t[0] if isinstance(t, tuple) else t for t in target]
-    elif isinstance(target, tuple):
-        values = [target[0]]
+        indices = target
     else:
-        values = [target]
-    bad = [v for v in values if not 0 <= int(v) < classes]
-    if bad:
-        raise ValueError(f"target {bad[0]} is out of range: the model has {classes} classes "
-                         f"(0 to {classes - 1})")
+        indices = [target if isinstance(target, tuple) else (target,)]
+    for index in indices:
+        if len(index) > len(dims) or (required and len(index) != len(dims)):
+            raise ValueError(f"target {index if len(index) > 1 else index[0]} has {len(index)} "
+                             f"{'index' if len(index) == 1 else 'indices'} but the model's "
+                             f"output has {len(dims)} dimension(s) per example, shape "
+                             f"{tuple(output.shape)}; give one index per dimension")
+        for i, size in zip(index, dims, strict=False):
+            if i >= size:
+                raise ValueError(f"target {i} is out of range: the model has {size} classes "
+                                 f"(0 to {size - 1})" if len(dims) == 1 else
+                                 f"target index {i} is out of range for an output dimension "
+                                 f"of size {size} (0 to {size - 1})")
+

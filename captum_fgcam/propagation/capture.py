@@ -99,6 +99,14 @@ def where_non_finite(cap: Capture, model: nn.Module) -> str:
     return "the recorded forward pass is finite: the weighting produced NaN or Inf"
 
 
+def refuse_non_finite(value: Tensor, what: str, locate: Callable[[], str]) -> None:
+    """Refuse NaN or Inf in ``value`` (the model's scores, components, a map), also where
+    weights and inputs are finite (an overflow: no map explains an infinite score), saying
+    where it first appears (``locate()``, run only then: e.g. :func:`where_non_finite`)."""
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"NaN or Inf in {what}: {locate()}")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module that does the work inside ``DataParallel``, DDP and ``torch.compile``."""
     while True:

@@ -71,7 +71,10 @@ class Call:
         return op(*args, **self.kwargs)
 
     def tensor_positions(self) -> list[int]:
-        return [i for i, v in enumerate(self.inputs) if isinstance(v, Tensor)]
+        """Positions of the floating-point tensors among :attr:`inputs` (integer and boolean
+        tensors, indices and masks, stay fixed like constants: they hold no relevance)."""
+        return [i for i, v in enumerate(self.inputs)
+                if isinstance(v, Tensor) and (v.is_floating_point() or v.is_complex())]
 
     def live_positions(self) -> list[int]:
         """Positions of the activations among :attr:`inputs`."""
@@ -148,6 +151,10 @@ def vector_jacobian(fn: Callable[..., Tensor], inputs: list[Tensor],
         leaves = [t.detach().requires_grad_(True) for t in inputs]
         z = fn(*leaves)
         s = scale(tuple(t.detach() for t in z) if isinstance(z, tuple) else z.detach())
+        if isinstance(z, tuple):  # several outputs (sort, topk): those autograd follows
+            pairs = [(o, r) for o, r in zip(z, s, strict=True)
+                     if isinstance(o, Tensor) and o.requires_grad]
+            z, s = tuple(o for o, _ in pairs), tuple(r for _, r in pairs)
         # an input the output does not depend on (``expand_as``'s shape donor) gets zeros
         return list(torch.autograd.grad(z, leaves, s, allow_unused=True,
                                         materialize_grads=True))

@@ -172,9 +172,18 @@ def _value_operand(node: fx.Node) -> fx.Node | None:
     return value if isinstance(value, fx.Node) else None
 
 
+def carries_relevance(value: object) -> bool:
+    """Whether a recorded value can hold relevance: floating-point values do; integer and
+    boolean ones (indices, masks, comparisons) only select."""
+    if isinstance(value, tuple):
+        return any(carries_relevance(v) for v in value)
+    return isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex())
+
+
 def relevance_inputs(values: dict[fx.Node, object], node: fx.Node) -> list[fx.Node]:
-    """The operands of ``node`` that relevance flows to (the others only scale or select)."""
-    args = node.all_input_nodes
+    """The operands of ``node`` that relevance flows to (the others only scale or select:
+    integer and boolean operands among them)."""
+    args = [a for a in node.all_input_nodes if carries_relevance(values.get(a))]
     if node.op != "call_function" or len(args) < 2:
         return args
     name, kind = ops.op_name(node.target), _kind(node)

@@ -9,18 +9,21 @@ with the rules the explainer will use.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .._state import usable
 from . import ops
 from .capture import Capture, capture, unwrap
 from .graph import ancestors, relevance_path, site
 from .presets import RuleMap, resolve_rules
 from .selectors import Site
+from .tokens import TOKENS, TokenLayout
 from .views import LINEAR_LAYERS
 
 LayerRef = nn.Module | str
@@ -31,20 +34,35 @@ class LayerError(ValueError):
     """A layer argument that does not name a usable place in the model."""
 
 
+#: the names wrappers give the wrapped model: DataParallel / DDP, torch.compile
+WRAPPER_NAMES = ("module", "_orig_mod")
+
+
 def qualified_name(model: nn.Module, layer: LayerRef) -> str:
-    """The dotted name of ``layer`` in ``model`` ("features.13"), checking it exists once."""
+    """The dotted name of ``layer`` in ``model`` ("features.13"), checking it exists once.
+
+    ``model`` is the model with its wrappers looked through (:func:`~.capture.unwrap`); the
+    wrappers' own names are accepted for the same modules: ``"module.features.13"``
+    (DataParallel, DDP), ``"_orig_mod.features.13"`` (``torch.compile``), ``"module"`` or
+    the wrapper object itself for the model.
+    """
     if isinstance(layer, str):
-        try:
-            model.get_submodule(layer)
-        except AttributeError as err:
-            raise LayerError(
-                f"the model has no submodule named {layer!r}; use a name from "
-                "model.named_modules(), e.g. 'features.13'"
-            ) from err
-        return layer
+        name = layer
+        while True:
+            try:
+                model.get_submodule(name)
+                return name
+            except AttributeError as err:
+                if name.split(".")[0] not in WRAPPER_NAMES:
+                    raise LayerError(
+                        f"the model has no submodule named {layer!r}; use a name from "
+                        "model.named_modules(), e.g. 'features.13'") from err
+                name = name.partition(".")[2]
     if not isinstance(layer, nn.Module):
         raise LayerError(f"layer must be a module of the model or its dotted name; got "
                          f"{type(layer).__name__}")
+    if unwrap(layer) is model:  # the model, or a wrapper around it
+        return ""
     names = [name for name, module in model.named_modules(remove_duplicate=False)
              if module is layer]
     if not names:
@@ -73,7 +91,9 @@ def require_module(model: object) -> None:
 
 
 def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
-    """The module ``layer`` refers to (validated as in :func:`qualified_name`)."""
+    """The module ``layer`` refers to in ``model`` (wrappers looked through; validated as in
+    :func:`qualified_name`)."""
+    model = unwrap(model)
     return model.get_submodule(qualified_name(model, layer))
 
 
@@ -132,18 +152,20 @@ def record_example(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None,
                    rules: Rules = None) -> Capture:
     """One recorded forward pass of ``model`` on ``inputs`` (default: a random input shaped
     for its first layer) with the operations ``rules`` records (see
-    :meth:`~.presets.RuleMap.is_leaf`), training flags restored."""
+    :meth:`~.presets.RuleMap.is_leaf`), training flags restored; also inside
+    ``torch.inference_mode()`` (the pass runs outside it, on copies of inference tensors)."""
     module = unwrap(model)
     require_module(module)
     synthetic = inputs is None
-    if inputs is None:
-        inputs = (example_input(module),)
-    elif isinstance(inputs, Tensor):
-        inputs = (inputs,)
     training = {m: m.training for m in module.modules()}
     try:
-        with torch.no_grad():
-            return capture(module, tuple(inputs), is_leaf=resolve_rules(rules).bind(module).is_leaf)
+        with torch.inference_mode(False), torch.no_grad():  # inference tensors: no versions
+            if inputs is None:
+                inputs = (example_input(module),)
+            elif isinstance(inputs, Tensor):
+                inputs = (inputs,)
+            inputs = tuple(usable(x) for x in inputs)
+            return capture(module, inputs, is_leaf=resolve_rules(rules).bind(module).is_leaf)
     except (RuntimeError, ValueError) as err:
         if not synthetic:
             raise
@@ -247,6 +269,57 @@ def cam_layer_in(cap: Capture, model: nn.Module) -> str:
             f"{type(model).__name__} runs {what.op_name} ({what.kind} operation) before its "
             f"candidate CAM layer {name!r}: {ops.UNSUPPORTED_REASON}")
     return name
+
+
+def check_cam_layer(name: str, value: Tensor | None = None, image: Tensor | None = None,
+                    grids: Collection[tuple[int, int]] = (), gradient: Tensor | None = None,
+                    positions: int = 1, suggest: Callable[[], str] | None = None) -> None:
+    """Refuse a CAM layer that cannot give a CAM, before any weighting runs, naming one that
+    can (``suggest()``: :func:`cam_layer_in`'s choice, where an input is at hand). The one
+    validation of CAM layers, used by FG-CAM, multi-scale FG-CAM, the plain CAMs, the
+    registry and the commands. Refused:
+
+    - the model itself (``name`` ""; checked at construction): its output is the scores;
+    - a layer whose output ``value`` has no spatial positions (N x C: flattened or pooled
+      features, a linear layer): a CAM would be one number per example;
+    - fewer than ``positions`` positions (multi-scale FG-CAM's and RefineCAM's min-max
+      normalised 1 x 1 map is 0 everywhere, and so would be their product);
+    - a token layer none of whose grid positions reaches the score (``gradient``, dy/dA, is 0
+      at all of them but not at the prefix tokens: a ViT that reads its class token after
+      this layer's last attention; every map from it would be 0).
+    """
+    problem = None
+    if name == "":
+        problem = "is the model itself, whose output is the class scores, not a feature map"
+    elif value is not None and image is not None:
+        layout = TokenLayout.of(value, image, grids)
+        grid = layout.to_grid(value)
+        size = tuple(grid.shape[2:])
+        if not size:
+            problem = (f"has no spatial positions (output shape {tuple(value.shape)}: "
+                       "flattened or pooled features, or a linear layer's); a CAM there "
+                       "would be one number per example")
+        elif math.prod(size) < positions:
+            problem = (f"has a single position ({' x '.join(map(str, size))}) at this input "
+                       "size; multi-scale FG-CAM and RefineCAM min-max normalise each map, "
+                       "which makes a 1-position map 0 and their product all zero (give a "
+                       "larger input)")
+        elif gradient is not None and layout.kind == TOKENS and layout.prefix \
+                and not bool(gradient[:, layout.prefix:].any()) \
+                and bool(gradient[:, :layout.prefix].any()):
+            problem = ("reaches the score through its prefix (class) tokens only: its grid "
+                       "tokens' gradient is 0 (the model reads its class token after this "
+                       "layer's last attention), so every map from it would be 0")
+    if problem is None:
+        return
+    try:
+        better = suggest() if suggest is not None else None
+    except (LayerError, RuntimeError, TypeError, ValueError):  # only a hint
+        better = None
+    hint = (f"use {better!r} (find_cam_layer's choice)" if better and better != name
+            else "find_cam_layer(model, x) names a layer that can (FG-CAM: leave cam_layer="
+            "None to use it)")
+    raise LayerError(f"the CAM layer {name!r} {problem}; {hint}")
 
 
 def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None,

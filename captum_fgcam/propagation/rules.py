@@ -177,6 +177,7 @@ class GateRule(Rule):
         out: list[Tensor | None] = [None] * len(call.inputs)
         gates = [call.inputs[p] for p in positions if p != full[0]]
         out[full[0]] = relevance
+        gates += [v for v in call.inputs if isinstance(v, Tensor) and not v.is_floating_point()]
         for gate in gates:
             out[full[0]] = torch.where(gate != 0, out[full[0]], 0.0)
         return out
@@ -363,7 +364,12 @@ class ZBoxRule(Rule, CaptumLinearTerms):
 
     z_j = \sum_i (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) ;
     R_i = \sum_j (x_i w_ij - l_i w_ij^+ - h_i w_ij^-) R_j / z_j   (bias ignored,
-    zero padding for x, l and h alike).
+    zero padding for x, l and h alike),
+
+    each contribution computed as (x_i - l_i) w_ij^+ + (x_i - h_i) w_ij^-, the same sum
+    without cancellation: every term is >= 0, and where l = x = h (a constant image with
+    per-image bounds) exactly 0, so z_j = 0 and the map is exactly 0 (no contrast, no
+    relevance; not the rounding noise of x w - l w^+ - h w^-).
 
     Bounds: ``low``/``high`` tensors broadcastable to the input (e.g. per channel, shape
     (C, 1, 1)), or None for the per-image minimum and maximum of the input over all channels
@@ -409,10 +415,10 @@ class ZBoxRule(Rule, CaptumLinearTerms):
 
     def terms(self, module: Any, x: Tensor, valid: Tensor | None = None
               ) -> tuple[list[Tensor], list[Tensor]]:
-        """Inputs [x, l, h] and weights [w, -w^+, -w^-] of the three z^B terms."""
+        """Inputs [x - l, x - h] and weights [w^+, w^-] of the z^B terms."""
         w = module.weight.detach()
         low, high = self.bounds(x, valid)
-        return [x, low, high], [w, -w.clamp(min=0), -w.clamp(max=0)]
+        return [x - low, x - high], [w.clamp(min=0), w.clamp(max=0)]
 
     def propagate(self, call: Call, relevance: Tensor) -> list[Tensor | None]:
         return call.to_first_input(

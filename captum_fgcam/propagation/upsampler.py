@@ -17,7 +17,7 @@ in the layout of the relevance it receives.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +29,11 @@ from .._batching import each, finished
 from .._state import preserved_state
 from ..arguments import forward_args_tuple, input_tuple
 from . import ops
-from .capture import Capture, capture, item_of, unwrap, where_non_finite
+from .capture import Capture, capture, item_of, refuse_non_finite, unwrap, where_non_finite
 from .core import Call, Rule
 from .graph import (
     ancestors,
+    carries_relevance,
     descendants,
     first_linear,
     input_validity,
@@ -50,7 +51,7 @@ from .layers import (
     require_module,
 )
 from .presets import resolve_rules
-from .rules import PassRule
+from .rules import PassRule, RoutingRule, SignAwareZRule
 from .selectors import Site
 from .tokens import as_grid
 from .views import LINEAR_LAYERS, FunctionalLinear, LinearView, WithBatchNorm
@@ -117,8 +118,8 @@ class FineGrainedUpsampler:
     Args:
         model: the ``nn.Module`` to explain (not modified; ``DataParallel``, DDP and
             ``torch.compile`` wrappers are looked through).
-        from_layer: module (or dotted name) where the components live (its output); None:
-            the model's output (the class scores).
+        from_layer: module (or dotted name) where the components live (its output); None
+            or the model itself: the model's output (the class scores).
         to_layer: module (or dotted name) where relevance is returned.
         rules: None (the conserving preset), a preset name, a :class:`~.presets.RuleMap`, or
             a dict ``{selector: rule}`` (:mod:`.selectors`) overriding the conserving preset;
@@ -142,8 +143,8 @@ class FineGrainedUpsampler:
         self.model = model
         self.module = unwrap(model)
         require_module(self.module)
-        self.from_name = (None if from_layer is None
-                          else qualified_name(self.module, from_layer))
+        self.from_name = (None if from_layer is None  # "": the model's output too
+                          else qualified_name(self.module, from_layer) or None)
         self.to_name = qualified_name(self.module, to_layer)
         self.rules = resolve_rules(rules).bind(self.module)
         self.fold_batchnorm = fold_batchnorm
@@ -188,17 +189,25 @@ class FineGrainedUpsampler:
             where_site = site(cap, self.module, node, node in fed_by_input)
             rule = self.rules.rule_for(where_site)
             if rule is None:
-                raise MissingRuleError(_missing_rule_message(cap, node, where_site))
-            constant = (set(node.all_input_nodes) - set(relevance_inputs(cap.values, node))
-                        if where_site.kind in (ops.PRODUCT, ops.ATTENTION) else set())
-            steps[node] = Step(
-                rule, _operation(where_site.op, node, cap),
-                tuple(isinstance(a, fx.Node) and a not in constant for a in flat_args(node)),
-                input_validity(cap, self.module, node, node in fed_by_input)
-                if where_site.kind == ops.LINEAR else None,
-                _scope(self.module, node))
+                raise MissingRuleError(_missing_rule_message(
+                    cap, node, where_site, self.module,
+                    lambda r, n=node, w=where_site: self._step(cap, n, w, r, fed_by_input)))
+            steps[node] = self._step(cap, node, where_site, rule, fed_by_input)
         span = Span(cap, start, stops, steps, self._rule_for)
         return self._fold_batchnorm(span) if self.fold_batchnorm else span
+
+    def _step(self, cap: Capture, node: fx.Node, where: Site, rule: Rule,
+              fed_by_input: set[fx.Node]) -> Step:
+        """``rule`` at ``node`` with the graph facts its call carries."""
+        constant = {a for a in node.all_input_nodes if not carries_relevance(cap.values[a])}
+        if where.kind in (ops.PRODUCT, ops.ATTENTION):
+            constant |= set(node.all_input_nodes) - set(relevance_inputs(cap.values, node))
+        return Step(
+            rule, _operation(where.op, node, cap),
+            tuple(isinstance(a, fx.Node) and a not in constant for a in flat_args(node)),
+            input_validity(cap, self.module, node, node in fed_by_input)
+            if where.kind == ops.LINEAR else None,
+            _scope(self.module, node))
 
     def _rule_for(self, op: Any) -> Rule:
         """The rule map's rule for a module or function outside the recorded graph."""
@@ -273,9 +282,9 @@ class FineGrainedUpsampler:
             return as_grid(r, image, cap.grids) if grid else r
 
         maps = tuple(layout(found[stop]).contiguous() for stop in span.stops)
-        if not all(bool(torch.isfinite(m).all()) for m in maps):
-            raise ValueError("the relevance map contains NaN or Inf: "
-                             f"{where_non_finite(span.capture, self.module)}")
+        for m in maps:
+            refuse_non_finite(m, "the relevance map",
+                              lambda: where_non_finite(span.capture, self.module))
         return (maps[0] if len(maps) == 1 else maps,
                 [layout(tapped[node]) for node in tap_nodes])
 
@@ -333,13 +342,13 @@ class _Layouts:
         return v
 
 
-def _call(node: fx.Node, step: Step, value: Any, span: Span) -> Call:
+def _call(node: fx.Node, step: Step, value: Any, span: Span | None) -> Call:
     """The :class:`~.core.Call` a rule sees for ``node``: recorded values, facts, view."""
     args = fx.node.map_arg(node.args, value)
     if isinstance(step.op, FunctionalLinear):
         args = args[:1]  # the weights and options live in the view
     return Call(step.op, args, fx.node.map_arg(dict(node.kwargs), value), step.live,
-                step.valid, step.scope, span.rule_for)
+                step.valid, step.scope, None if span is None else span.rule_for)
 
 
 def _tap_nodes(span: Span, taps: Sequence[str]) -> list[fx.Node]:
@@ -361,9 +370,8 @@ def _check_components(span: Span, components: Tensor, model: nn.Module) -> None:
             f"components have shape {tuple(components.shape)} but the start of the "
             f"propagation has shape {tuple(expected)}; give one value per element of that "
             "output (e.g. LayerGradCam(..., attr_dim_summation=False))")
-    if not bool(torch.isfinite(components).all()):
-        raise ValueError("the CAM components contain NaN or Inf: "
-                         f"{where_non_finite(span.capture, model)}")
+    refuse_non_finite(components, "the CAM components",
+                      lambda: where_non_finite(span.capture, model))
 
 
 def _scope(model: nn.Module, node: fx.Node) -> nn.Module | None:
@@ -391,7 +399,10 @@ def _operation(op: Any, node: fx.Node, cap: Capture) -> Any:
     return op
 
 
-def _missing_rule_message(cap: Capture, node: fx.Node, where: Any) -> str:
+def _missing_rule_message(cap: Capture, node: fx.Node, where: Site, model: nn.Module,
+                          step: Callable[[Rule], Step]) -> str:
+    """What has no rule, and the rules of this package that fit it, each only if it runs on
+    the operation as recorded (a trial on the recorded values): a suggestion always works."""
     op = where.op
     what = (type(op).__name__ if isinstance(op, nn.Module)
             else f"{getattr(op, '__module__', None) or 'torch'}.{where.op_name}")
@@ -399,14 +410,41 @@ def _missing_rule_message(cap: Capture, node: fx.Node, where: Any) -> str:
     at = where.name or (f"{node.name} in {stack[-1]!r}" if stack else node.name)
     if where.kind == ops.UNSUPPORTED:
         return f"no relevance rule for {what} (at {at}): {ops.UNSUPPORTED_REASON}"
-    inputs = [a for a in node.all_input_nodes]
+    inputs = relevance_inputs(cap.values, node)
     value = cap.values.get(node)
     same_shape = (len(inputs) == 1 and isinstance(value, Tensor)
                   and cap.values[inputs[0]].shape == value.shape)
-    key = type(op).__name__ if isinstance(op, nn.Module) else repr(where.op_name)
-    advice = [f"if it only moves or copies elements, rules={{{key}: RoutingRule()}}",
-              f"if it sums them with non-negative weights, rules={{{key}: SignAwareZRule()}}"]
-    if same_shape:
-        advice.insert(0, f"if it is element-wise (each output from the input at the same "
-                         f"place), register rules={{{key}: PassRule()}}")
+    if isinstance(op, nn.Module):
+        key = f"nn.{type(op).__name__}" if type(op).__module__.startswith("torch.nn") \
+            else type(op).__name__
+    elif any(name == where.op_name for name, _ in model.named_modules()):
+        key = f"Function({where.op_name!r})"  # the string alone would name that module
+    else:
+        key = repr(where.op_name)
+    candidates = [("if it is element-wise (each output from the input at the same place)",
+                   PassRule()) if same_shape else None,
+                  ("if it only moves or copies elements", RoutingRule()),
+                  ("if it sums them with non-negative weights", SignAwareZRule())]
+    advice = [f"{when}, rules={{{key}: {type(rule).__name__}()}}"
+              for when, rule in filter(None, candidates) if _runs(cap, node, step(rule))]
+    if not advice:
+        return (f"no relevance rule for {what} (at {at}), and none of PassRule, RoutingRule "
+                "or SignAwareZRule runs on it; write a Rule for it (docs/rules.md) or replace "
+                "the operation by supported ones")
     return f"no relevance rule for {what} (at {at}); " + "; ".join(advice)
+
+
+def _runs(cap: Capture, node: fx.Node, step: Step) -> bool:
+    """Whether ``step``'s rule runs on ``node``'s recorded call and returns relevance of each
+    input's shape (a trial with relevance 1 at every output)."""
+    value = cap.values[node]
+    ones: Any = (tuple(torch.ones_like(v) if isinstance(v, Tensor) else None for v in value)
+                 if isinstance(value, tuple) else torch.ones_like(value))
+    call = _call(node, step, cap.values.__getitem__, None)
+    try:
+        out = step.rule.propagate(call, ones)
+    except Exception:  # any failure: not a suggestion
+        return False
+    return all(r is None or (isinstance(r, Tensor) and isinstance(x, Tensor)
+                             and r.shape == x.shape and bool(torch.isfinite(r).all()))
+               for r, x in zip(out, call.inputs, strict=False))

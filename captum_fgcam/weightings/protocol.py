@@ -66,14 +66,17 @@ class FunctionWeighting:
 
 def components_at(weighting: Weighting, forward_func: Callable[..., Tensor], layer: nn.Module,
                   inputs: tuple[Tensor, ...], target: TargetType,
-                  additional_forward_args: tuple[Any, ...] | None) -> Tensor:
+                  additional_forward_args: tuple[Any, ...] | None,
+                  check: Callable[[CamRecord], None] = lambda cam: None) -> Tensor:
     """The components of ``weighting`` at ``layer`` with nothing recorded yet (plain CAMs): A,
-    and dy/dA where the weighting needs it, from one pass of ``forward_func``."""
+    and dy/dA where the weighting needs it, from one pass of ``forward_func``; ``check`` sees
+    them before the weighting runs."""
     if weighting.requires_gradient:
         activation, gradient = layer_gradient(forward_func, layer, inputs, target,
                                               additional_forward_args)
     else:
         activation, gradient = LayerActivation(forward_func, layer).attribute(
             inputs, additional_forward_args=additional_forward_args).detach(), None
-    return weighting.weigh(forward_func, CamRecord(layer, activation, gradient), inputs, target,
-                           additional_forward_args)
+    cam = CamRecord(layer, activation, gradient)
+    check(cam)
+    return weighting.weigh(forward_func, cam, inputs, target, additional_forward_args)
