@@ -101,7 +101,7 @@ def sign_parts(module: nn.Module, x: Tensor, weight: Tensor
     fc = fully_connected(layer)
     image = x.dim() == 4 and not fc
     layout = torch.channels_last if image else torch.contiguous_format
-    if not bool(x.min() < 0):
+    if not bool(x.amin() < 0):  # Tensor.min() is ~20x slower channels-last
         return [x.contiguous(memory_format=layout)], None
     joined = None
     if _concatenates_inputs(layer, [weight, weight]):

@@ -142,10 +142,14 @@ def sign_aware_sum(tensors: list[Tensor], relevance: Tensor, fallback: bool = Tr
     with torch.no_grad():
         sign = torch.sign(total(tensors)) if len(tensors) == 1 else total(tensors).sign_()
         parts = [(t * sign).clamp_(min=0) for t in tensors]
-        ratio = safe_divide(relevance, total(parts))
+        zero = (sign == 0) if fallback else None
+        denominator = sign.copy_(parts[0])  # the sum of the parts, in sign's memory
+        for part in parts[1:]:
+            denominator.add_(part)
+        ratio = safe_divide(relevance, denominator, out=denominator)
         shares = [part.mul_(ratio) for part in parts]
-        if fallback and bool((sign == 0).any()):
-            even = torch.where(sign == 0, relevance / len(tensors), 0.0)
+        if zero is not None and bool(zero.any()):
+            even = torch.where(zero, relevance / len(tensors), 0.0)
             shares = [share.add_(even) for share in shares]
         return shares
 
@@ -405,7 +409,7 @@ class ZBoxRule(Rule, CaptumLinearTerms):
                 flat.shape)
             maxs = flat if valid is None else torch.where(valid, x, float("-inf")).reshape(
                 flat.shape)
-            low, high = mins.min(dim=1).values.reshape(shape), maxs.max(dim=1).values.reshape(shape)
+            low, high = mins.amin(dim=1).reshape(shape), maxs.amax(dim=1).reshape(shape)
         else:
             low, high = self.low.to(x), self.high.to(x)
         low, high = low.expand_as(x), high.expand_as(x)

@@ -271,7 +271,8 @@ class FineGrainedUpsampler:
                 r_out = tuple(None if not isinstance(v, Tensor) else
                               torch.zeros_like(v) if r is None else r
                               for r, v in zip(r_out, values[node], strict=True))
-            call = _call(node, step, layouts.like(r_out), span)
+            read = layouts.like(r_out) if step.rule.reads_values else values.__getitem__
+            call = _call(node, step, read, span)
             for arg, r_in in zip(flat_args(node), step.rule.propagate(call, r_out),
                                  strict=False):
                 if isinstance(arg, fx.Node) and r_in is not None:
