@@ -8,10 +8,15 @@ from typing import Any
 
 from torch import Tensor
 
+from .targets import Target
+
 
 def take(value: Any, index: slice | Tensor, n: int) -> Any:
     """``value[index]`` for per-example values (tensors or lists of length ``n``);
-    anything else (an int target, a constant argument) is shared by all examples."""
+    anything else (an int target, a constant argument) is shared by all examples; a target
+    object keeps its own per-example data (:meth:`~captum_fgcam.targets.Target.take`)."""
+    if isinstance(value, Target):
+        return value.take(index)
     if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
         return value[index]
     if isinstance(value, list) and len(value) == n:

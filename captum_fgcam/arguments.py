@@ -15,9 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .targets import Target, scores_of
+
 #: a target in one of Captum's forms: None (a model with one output), a class index, a tuple
-#: of indices into the output's trailing dimensions, a tensor or a list with one per example
-TargetType = None | int | tuple[int, ...] | Tensor | list[tuple[int, ...]] | list[int]
+#: of indices into the output's trailing dimensions, a tensor or a list with one per example;
+#: or a target object (:mod:`captum_fgcam.targets`: output -> one score per example)
+TargetType = None | int | tuple[int, ...] | Tensor | list[tuple[int, ...]] | list[int] | Target
 
 
 def input_tuple(inputs: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -69,14 +72,13 @@ def select_targets(output: Tensor, target: TargetType) -> Tensor:
     return torch.gather(output, 1, index.reshape(n, 1)).squeeze(-1)
 
 
-def repeat_targets(target: TargetType, times: int) -> TargetType:
-    """Each example's target ``times`` times in a row, for inputs repeated the same way
-    (Captum's ``_expand_target`` with ``repeat_interleave``); one target for all stays one."""
-    if isinstance(target, list):
-        return [t for t in target for _ in range(times)]
-    if isinstance(target, Tensor) and target.numel() > 1:
-        return target.repeat_interleave(times, dim=0)
-    return target
+def target_scores(output: Any, target: TargetType) -> Tensor:
+    """The explained scores in a model's ``output``: ``target(output)`` for a target object
+    (one per example), else Captum's selection (:func:`select_targets`) in its score tensor
+    (:func:`~captum_fgcam.targets.scores_of`)."""
+    if isinstance(target, Target):
+        return target(output)
+    return select_targets(scores_of(output), target)
 
 
 def layer_gradient(forward_func: Callable[..., Any], layer: nn.Module,
@@ -108,7 +110,7 @@ def layer_gradient(forward_func: Callable[..., Any], layer: nn.Module,
     try:
         with torch.enable_grad():
             extra = forward_args_tuple(additional_forward_args) or ()
-            output = select_targets(forward_func(*input_tuple(inputs), *extra), target)
+            output = target_scores(forward_func(*input_tuple(inputs), *extra), target)
     finally:
         handle.remove()
     if not seen:

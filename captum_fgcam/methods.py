@@ -44,7 +44,7 @@ from .attr import (
 from .attr.refine import find_refine_layers
 from .attr.validation import as_target, check_target
 from .propagation import TokenLayout, find_cam_layer, find_input_layer
-from .propagation.capture import refuse_non_finite, scores_of, unwrap, where_non_finite
+from .propagation.capture import refuse_non_finite, unwrap, where_non_finite
 from .propagation.layers import (
     cam_layer_in,
     check_cam_layer,
@@ -53,6 +53,7 @@ from .propagation.layers import (
     record_example,
     resolve_module,
 )
+from .targets import Target, scores_of
 
 INPUT = "input"
 
@@ -148,8 +149,10 @@ def _finite_scores(model: nn.Module) -> Iterator[None]:
     finally:
         handle.remove()
     for args, out in seen:
-        refuse_non_finite(scores_of(out), "the model's scores",
-                          lambda a=args: where_non_finite(record_example(module, a), module))
+        scores = scores_of(out, strict=False)
+        if scores is not None:
+            refuse_non_finite(scores, "the model's scores", lambda a=args: where_non_finite(
+                record_example(module, a), module))
 
 
 def _guided(fine_grained: bool) -> Builder:
@@ -157,6 +160,18 @@ def _guided(fine_grained: bool) -> Builder:
     ``GuidedGradCam``), or the FG-Grad-CAM input map in its place."""
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
+        explain = _build(model, layer, to_input, rules, example)
+
+        def run(x: Tensor, t: TargetType) -> Tensor:
+            if isinstance(t, Target):
+                raise MethodError(
+                    "Guided backpropagation runs Captum's GuidedBackprop, which takes class "
+                    f"indices, not the target object {t!r}; use FG-Grad-CAM to the input")
+            return explain(x, t)
+        return run
+
+    def _build(model: nn.Module, layer: str, to_input: bool, rules: str,
+               example: Tensor | None) -> Explainer:
         if not fine_grained:
             cam_layer = find_cam_layer(model, example)
             scores = []  # the model's scores for one image, recorded once
@@ -313,7 +328,7 @@ def _checked(model: nn.Module, explain: Explainer) -> Explainer:
     it are copied; attribution needs gradients), its map refused if it holds NaN or Inf (the
     methods built on Captum's classes do not check their own)."""
     def run(x: Tensor, target: TargetType) -> Tensor:
-        target = as_target(target, x.shape[0] if isinstance(x, Tensor) else None)
+        target = as_target(target, x.shape[0] if isinstance(x, Tensor) else None, model)
         if isinstance(target, Tensor) and isinstance(x, Tensor):
             target = target.to(x.device)
         with torch.inference_mode(False), torch.enable_grad():

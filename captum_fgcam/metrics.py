@@ -24,12 +24,15 @@ Conventions shared by all functions:
   (default a Gaussian blur, kernel 51, sigma 50; ``RISE_BLUR`` is RISE's 11 / 5). Any callable
   ``Tensor -> Tensor`` of the same shape can serve as ``blur`` (e.g. ``torch.zeros_like``).
 * Maps must be finite (NaN or Inf are refused, naming the images); targets are integer class
-  indices (floats and booleans are refused, as in the attribution methods).
+  indices (floats and booleans are refused, as in the attribution methods), or a target
+  object (:mod:`captum_fgcam.targets`: a region, a detection, a similarity), which scores every
+  perturbed image itself.
 * A map with no positive value (e.g. all zeros) has energy proportion 0 and misses the pointing
   game; under Average Drop it keeps no pixel; its insertion/deletion order is row-major.
 * The score of an image is the softmax probability of ``target`` (``use_softmax=False``: the raw
-  output, e.g. the logit). Perturbed images of all steps and all images go through
-  ``forward_func`` in batches of ``batch_size``, under ``torch.no_grad()``.
+  output, e.g. the logit); a target object's own score. Perturbed images of all steps and
+  all images go through ``forward_func`` in batches of ``batch_size``, under
+  ``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._batching import take_all
+from .arguments import target_scores
 from .attr.validation import as_target, check_target
+from .targets import Target
 
 TargetLike = int | Sequence[int] | Tensor
 ArrayLike = Tensor | np.ndarray | Sequence[Any]
@@ -215,9 +220,17 @@ def _pixel_ranks(sal: Tensor) -> Tensor:
     return ranks
 
 
-def _targets(target: TargetLike, n: int, device: torch.device) -> Tensor:
-    """One class index per image, normalised as in the attributions (:func:`as_target`)."""
+def _targets(target: TargetLike, n: int, device: torch.device, use_softmax: bool | None
+             ) -> Tensor | Target:
+    """One class index per image, normalised as in the attributions (:func:`as_target`), or
+    a target object (its own score, on every perturbed image)."""
     target = as_target(target, n)
+    if isinstance(target, Target):
+        if use_softmax:  # None: the target's own score
+            raise ValueError(f"use_softmax applies to class indices; the target {target!r} "
+                             "gives its own score: leave use_softmax out (ClassProbability "
+                             "for a probability)")
+        return target
     if target is None:
         raise TypeError("target must be class indices (an int, a list, a numpy array or a "
                         "tensor of integers, one per image); got None")
@@ -274,25 +287,29 @@ def _scores(
     forward_func: Callable[..., Tensor],
     make: Callable[[Tensor], Tensor],
     samples: Tensor,
-    targets: Tensor,
+    targets: Tensor | Target,
+    n: int,
     additional_forward_args: Any,
-    use_softmax: bool,
+    use_softmax: bool | None,
     batch_size: int,
 ) -> Tensor:
     """Score of each job j: ``make(jobs)`` builds the images of a chunk of job indices; job j
-    belongs to image ``samples[j]`` and is scored on ``targets[samples[j]]``."""
+    belongs to image ``samples[j]`` (of ``n``) and is scored on ``targets[samples[j]]`` (a
+    target object: on its own data for that image)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n = targets.shape[0]
     out = []
     for start in range(0, samples.shape[0], batch_size):
         jobs = torch.arange(start, min(start + batch_size, samples.shape[0]),
                             device=samples.device)
         idx = samples[jobs]
         output = forward_func(make(jobs), *take_all(additional_forward_args, idx, n))
+        if isinstance(targets, Target):
+            out.append(target_scores(output, targets.take(idx)).detach())
+            continue
         if not out:
             check_scores(output, targets)
-        if use_softmax:
+        if use_softmax is not False:  # None: softmax for class indices
             output = torch.softmax(output, dim=1)
         out.append(output.gather(1, targets[idx].unsqueeze(1)).squeeze(1))
     return torch.cat(out)
@@ -335,7 +352,7 @@ def average_drop_increase(
     target: TargetLike,
     keep: float = 0.5,
     blur: Callable[[Tensor], Tensor] = DEFAULT_BLUR,
-    use_softmax: bool = True,
+    use_softmax: bool | None = None,
     batch_size: int = 64,
     additional_forward_args: Any = None,
     positive_only: bool = True,
@@ -360,7 +377,7 @@ def average_drop_increase(
         raise ValueError(f"keep must be a fraction in [0, 1], got {keep}")
     n, _, h, w = inputs.shape
     sal = _saliency(attributions, (h, w)).to(inputs.device)
-    targets = _targets(target, n, inputs.device)
+    targets = _targets(target, n, inputs.device, use_softmax)
     args = _as_additional(additional_forward_args)
     images = torch.arange(n, device=inputs.device)
     samples = torch.cat([images, images])
@@ -378,7 +395,7 @@ def average_drop_increase(
             return scaled[jobs]
     else:
         raise ValueError(f"mode must be 'blur' or 'multiply', got {mode!r}")
-    scores = _scores(forward_func, make, samples, targets, args, use_softmax, batch_size)
+    scores = _scores(forward_func, make, samples, targets, n, args, use_softmax, batch_size)
     y, o = scores[:n], scores[n:]
     return DropIncrease(original=y, perturbed=o, drop=100.0 * torch.relu(y - o) / y,
                         increase=(y < o).to(scores.dtype))
@@ -392,7 +409,7 @@ def insertion_deletion(
     pixels_per_step: int | None = 448,
     steps: int | None = None,
     blur: Callable[[Tensor], Tensor] = DEFAULT_BLUR,
-    use_softmax: bool = True,
+    use_softmax: bool | None = None,
     batch_size: int = 64,
     additional_forward_args: Any = None,
 ) -> InsertionDeletion:
@@ -428,7 +445,7 @@ def insertion_deletion(
     ranks = _pixel_ranks(_saliency(attributions, (h, w)).to(device))
     make = _composite(inputs, _blurred(blur, inputs), ranks, samples, job_counts.repeat(n),
                       job_insert.repeat(n))
-    scores = _scores(forward_func, make, samples, _targets(target, n, device),
+    scores = _scores(forward_func, make, samples, _targets(target, n, device, use_softmax), n,
                      _as_additional(additional_forward_args), use_softmax, batch_size)
     scores = scores.view(n, -1)
     insertion = scores[:, : s + 1]

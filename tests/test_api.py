@@ -162,14 +162,15 @@ def test_argument_helpers_match_captum():
     from captum._utils.common import ExpansionTypes, _expand_target, _select_targets
     from captum._utils.gradient import compute_layer_gradients_and_eval
 
-    from captum_fgcam.arguments import layer_gradient, repeat_targets, select_targets
+    from captum_fgcam._batching import take
+    from captum_fgcam.arguments import layer_gradient, select_targets
     torch.manual_seed(0)
     y = torch.randn(3, 4)
     for target in (None, 2, (1,), torch.tensor(3), torch.tensor([0, 3, 1]), [2, 0, 1],
                    [(1,), (0,), (3,)]):
         assert torch.equal(select_targets(y, target), _select_targets(y, target))
         expanded = _expand_target(target, 5, ExpansionTypes.repeat_interleave)
-        ours = repeat_targets(target, 5)
+        ours = take(target, torch.arange(3).repeat_interleave(5), 3)  # as Score-CAM does
         assert (torch.equal(ours, expanded) if isinstance(ours, torch.Tensor)
                 else ours == expanded)
     model = make_vgg("vgg11_bn", seed=2)

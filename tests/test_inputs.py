@@ -98,7 +98,9 @@ BAD_TARGETS = {
     "uint8 tensor": (torch.tensor([1, 2], dtype=torch.uint8), TypeError, "uint8", True),
     "(N, 2) tensor": (torch.tensor([[0, 1], [1, 2]]), ValueError, r"shape \(2, 2\)", True),
     "string": ("cat", TypeError, "is a string", True),
-    "callable": (lambda out: out[:, 1], TypeError, "callables are not supported yet", True),
+    "callable of 2 scores per example": (lambda out: out[:, 1:3], ValueError,
+                                         "one float score per example|takes class indices",
+                                         False),
     "float": (1.5, TypeError, "is a float", True),
     "bool": (True, TypeError, "boolean", True),
     "float tensor": (torch.tensor([1.0, 2.0]), TypeError, "torch.float32", True),
@@ -119,7 +121,8 @@ BAD_TARGETS = {
 def test_every_entry_point_refuses_the_same_targets(entry, case):
     """One normalisation (``as_target``) everywhere: before, a negative target was refused by
     FG-CAM but explained the last class in the plain CAMs, the Quantus adapter cast floats
-    and booleans, and uint8, (N, 2), string and callable targets ended in raw errors."""
+    and booleans, and uint8, (N, 2), string and callable targets ended in raw errors (a
+    callable is now a target object, which must return one score per example)."""
     target, error, words, early = BAD_TARGETS[case]
     model = Small().eval()
     run = TARGET_ENTRIES[entry](model, image_batch(2, 12, 12))

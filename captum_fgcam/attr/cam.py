@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .._state import preserved_state
 from ..arguments import TargetType, forward_args_tuple, input_tuple
-from ..propagation.capture import capture, refuse_non_finite, scores_of, unwrap, where_non_finite
+from ..propagation.capture import capture, refuse_non_finite, unwrap, where_non_finite
 from ..propagation.layers import (
     LayerError,
     LayerRef,
@@ -25,6 +25,7 @@ from ..propagation.layers import (
     qualified_name,
 )
 from ..propagation.tokens import as_grid
+from ..targets import Target, scores_of
 from ..weightings import (
     CamRecord,
     ConceptorWeighting,
@@ -38,7 +39,7 @@ from ..weightings import (
     xgrad_cam,
 )
 from .base import LayerGradientAttribution
-from .validation import as_target, check_inputs, check_target
+from .validation import as_target, check_inputs, check_target, object_scores
 
 
 class _NonFinite(Exception):
@@ -76,17 +77,24 @@ class _PlainCam(LayerGradientAttribution):
         model = unwrap(self.forward_func) if isinstance(self.forward_func, nn.Module) else None
         if model is not None:
             inputs = check_inputs(model, inputs)
-        target = as_target(target, inputs[0].shape[0])
+        target = as_target(target, inputs[0].shape[0], model)
         extra = forward_args_tuple(additional_forward_args)
-        weighting, k, bad = self.weighting, len(inputs), []
+        weighting, k, bad, calls = self.weighting, len(inputs), [], []
 
-        def forward(*args: Any) -> Tensor:
-            scores = scores_of((model or self.forward_func)(*args))
-            check_target(target, args[0].shape[0], scores, weighting.requires_target)
+        def forward(*args: Any) -> Any:
+            output = (model or self.forward_func)(*args)
+            if isinstance(target, Target):  # the real input's output: the first call
+                if calls:
+                    return output  # Score-CAM's masked images: the weighting scores them
+                scores = object_scores(target, output, args[0].shape[0])
+            else:
+                scores = scores_of(output)
+                check_target(target, args[0].shape[0], scores, weighting.requires_target)
+            calls.append(args)
             if not bool(torch.isfinite(scores).all()):
                 bad.append((args, scores))
                 raise _NonFinite  # located below, once the weighting's hooks are gone
-            return scores
+            return output if isinstance(target, Target) else scores
 
         def check(cam: CamRecord) -> None:
             check_cam_layer(_name(model, self.layer), cam.activation, inputs[0],

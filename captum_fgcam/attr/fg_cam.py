@@ -20,15 +20,16 @@ from torch import Tensor, nn
 
 from .._batching import each, finished, take, take_all
 from .._state import preserved_state
-from ..arguments import TargetType, forward_args_tuple, input_tuple, select_targets
+from ..arguments import TargetType, forward_args_tuple, input_tuple
 from ..denoising import svd_denoise
-from ..propagation.capture import ANY_LAYER, refuse_non_finite, scores_of, where_non_finite
+from ..propagation.capture import ANY_LAYER, where_non_finite
 from ..propagation.layers import LayerRef, Rules, cam_layer_in, check_cam_layer, qualified_name
 from ..propagation.tokens import on_grid
 from ..propagation.upsampler import Span
+from ..targets import Target, scores_of
 from ..weightings import CamRecord, ScoreCamWeighting, Weighting, get_weighting
 from .base import PropagatedAttribution
-from .validation import as_target, check_inputs, check_target
+from .validation import as_target, check_inputs, explained_scores
 
 Maps = TypeVar("Maps")
 
@@ -68,7 +69,7 @@ class ComponentPropagation(PropagatedAttribution):
         maps concatenated."""
         inputs = check_inputs(self.module, input_tuple(inputs))
         n = inputs[0].shape[0]
-        target = as_target(target, n)
+        target = as_target(target, n, self.module)
         extra = forward_args_tuple(additional_forward_args)
         step = n if internal_batch_size is None else internal_batch_size
         if step < 1:
@@ -106,23 +107,23 @@ class ComponentPropagation(PropagatedAttribution):
         cam_name = up.from_name or cam_layer_in(cap, module)
         if gradient and cam_name not in cap.live:
             cap = up.capture(inputs, additional_forward_args, cam_name)
-        scores = scores_of(cap.output)
-        check_target(target, inputs[0].shape[0], scores, required=weighting.requires_target)
-        refuse_non_finite(scores, "the model's scores", lambda: where_non_finite(cap, module))
+        with torch.set_grad_enabled(gradient):
+            scores = explained_scores(cap.output, target, inputs[0].shape[0],
+                                      lambda: where_non_finite(cap, module),
+                                      weighting.requires_target)
         span = up.span(cap, to_input, cam_name)
         grad = None
         if gradient:
-            with torch.enable_grad():
-                score = select_targets(scores, target).sum()
-            (grad,) = torch.autograd.grad(score, cap.live[cam_name])
+            (grad,) = torch.autograd.grad(scores.sum(), cap.live[cam_name])
         check_cam_layer(cam_name, span.activation(), inputs[0], cap.grids, grad,
                         self.min_positions, lambda: cam_layer_in(cap, module))
-        cap.output = scores = score = None  # the weighting may need the memory
+        cap.output = scores = None  # the weighting may need the memory
         cap.live.clear()
         cam = CamRecord(module.get_submodule(cam_name), span.activation(), grad, cap.grids)
 
-        def forward(*args: Any) -> Tensor:
-            return scores_of(module(*args))
+        def forward(*args: Any) -> Any:  # a target object reads the whole output
+            output = module(*args)
+            return output if isinstance(target, Target) else scores_of(output)
 
         components = weighting.weigh(forward, cam, inputs, target, additional_forward_args)
         return span, _checked_components(components, cam.activation, weighting), cam_name

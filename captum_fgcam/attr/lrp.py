@@ -4,7 +4,10 @@ All three propagate initial relevances R0 at the model's output (the logits y) d
 ``layer`` with the same rules as FG-CAM (default: the conserving preset), and work on
 every architecture the engine supports. With R(R0) that propagation:
 
-- LRP:   R0 = onehot_c * y_c;  map = R(R0).
+- LRP:   R0 = onehot_c * y_c;  map = R(R0). With a target object t (:mod:`..targets`),
+  R0 = y * dt/dy, which sums to t(y) where t is linear in the scores (a class logit, several,
+  a segmentation region, a regression output: Euler's theorem); any other target (a
+  probability, a cosine similarity) is refused, as R0 would not sum to what is explained.
 - CLRP (Gu, Yang, Tresp 2018):  map = R(R0_t) / sum R(R0_t) - R(R0_d) / sum R(R0_d), with the
   target R0_t = onehot_c * y_c and the dual either (``dual=1``, default) a virtual class whose
   output-layer weights are the target's negated (R0_d = onehot_c, propagated through the
@@ -18,6 +21,7 @@ Sums are per example; a zero sum gives a zero term.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,12 +31,13 @@ from torch import Tensor, nn
 from .._batching import each, finished
 from .._state import preserved_state
 from ..arguments import TargetType, input_tuple
-from ..propagation.capture import refuse_non_finite, scores_of, where_non_finite
+from ..propagation.capture import refuse_non_finite, where_non_finite
 from ..propagation.core import safe_divide
 from ..propagation.layers import LayerRef, Rules, producing_module, resolve_module
 from ..propagation.views import NegatedRows
+from ..targets import Target, scores_of, with_scores
 from .base import PropagatedAttribution
-from .validation import as_target, check_inputs, check_target
+from .validation import as_target, check_inputs, check_target, explained_scores
 
 
 def _per_example_sum(r: Tensor | tuple[Tensor, ...]) -> Tensor:
@@ -78,6 +83,28 @@ class LRP(PropagatedAttribution):
         """R0 for each propagation this method needs (here one: onehot_c * y_c)."""
         return [_one_hot(logits, target) * logits]
 
+    def object_relevance(self, target: Target, output: Any, logits: Tensor, n: int,
+                         locate: Callable[[], str]) -> Tensor:
+        """R0 = y * dt/dy for a target object t, refused unless it sums to t(y) per example
+        (t linear in the scores y)."""
+        if type(self) is not LRP:
+            raise TypeError(f"{type(self).__name__} contrasts one class with the others: pass "
+                            "a class index (LRP and FG-CAM take target objects)")
+        y = logits.detach().requires_grad_(True)
+        with torch.enable_grad():
+            t = explained_scores(with_scores(output, y), target, n, locate)
+            (grad,) = torch.autograd.grad(t.sum(), y, allow_unused=True)
+        r0 = y.detach() * (torch.zeros_like(y) if grad is None else grad)
+        total, t = r0.flatten(1).sum(dim=1), t.detach()
+        if not torch.allclose(total, t, rtol=1e-4, atol=1e-5 * float(y.detach().abs().max())):
+            raise ValueError(
+                f"LRP starts from R0 = y * dt/dy, which sums to {total.tolist()[:3]} for the "
+                f"target {target!r}, not to its scores {t.tolist()[:3]}: the target is not "
+                "linear in the model's scores (a probability, a cosine similarity). Explain "
+                "it with FG-CAM, or with LRP a linear target (ClassLogit, MultiLabel, "
+                "SegmentationRegion, Regression)")
+        return r0
+
     def combine(self, maps: list[Tensor | tuple[Tensor, ...]]) -> Tensor | tuple[Tensor, ...]:
         return maps[0]
 
@@ -95,18 +122,28 @@ class LRP(PropagatedAttribution):
         for a layer input of several tensors."""
         inputs = check_inputs(self.module, input_tuple(inputs))
         n = inputs[0].shape[0]
-        target = as_target(target, n)
+        target = as_target(target, n, self.module)
         up = self.upsampler
         with preserved_state(self.module):
             cap = up.capture(inputs, additional_forward_args)
-            refuse_non_finite(scores_of(cap.output), "the model's scores",
-                              lambda: where_non_finite(cap, self.module))
+            scores = scores_of(cap.output, strict=False)
+            if scores is None:
+                raise TypeError(
+                    f"{type(self).__name__} starts at the model's score tensor, and "
+                    f"{type(self.module).__name__} returned {type(cap.output).__name__} "
+                    "(a detector's detections): explain it with FG-CAM and a Detection target")
+            locate = lambda: where_non_finite(cap, self.module)  # noqa: E731
+            refuse_non_finite(scores, "the model's scores", locate)
             span = up.span(cap, attribute_to_layer_input)
             logits = span.activation()
-            check_target(target, n, logits)
+            if isinstance(target, Target):
+                starts = [self.object_relevance(target, cap.output, logits, n, locate)]
+            else:
+                check_target(target, n, logits)
+                starts = self.initial_relevances(logits, target)
             output_layer = up.from_name or producing_module(cap, span.start)
-            starts = self.initial_relevances(logits, target)
-            views = self.views(target, logits, output_layer)
+            views = [{}] if isinstance(target, Target) else self.views(target, logits,
+                                                                       output_layer)
             maps = [up.propagate(span.substituted(v), r0)
                     for r0, v in zip(starts, views, strict=True)]
         relevance = self.combine(maps)

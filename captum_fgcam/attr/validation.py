@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -9,8 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from .._state import usable
-from ..arguments import TargetType
+from ..arguments import TargetType, select_targets
+from ..propagation.capture import refuse_non_finite
 from ..propagation.views import CONVOLUTION_LAYERS
+from ..targets import Target, scores_of, target_object
 
 UNSUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -79,7 +82,7 @@ def check_inputs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[Tensor, 
     return tuple(usable(x) for x in inputs)
 
 
-def as_target(target: Any, n: int | None = None) -> TargetType:
+def as_target(target: Any, n: int | None = None, model: Any = None) -> TargetType:
     """The one normalisation of a target, run by every entry point (attributions, registry,
     Quantus adapter, metrics) before any work: Captum's forms, checked, in one canonical form.
 
@@ -90,11 +93,18 @@ def as_target(target: Any, n: int | None = None) -> TargetType:
     per example). Refused, naming the fix: negative indices (Python's counting from the end is
     not a class index, and would explain the last class in some methods only), floats and
     booleans (1.7 or True would select class 1), uint8 tensors (how masks and images are
-    stored, not labels), (N, k > 1) tensors, a length other than ``n``, strings, callables and
-    other objects. A tensor made under ``torch.inference_mode()`` is copied outside it.
+    stored, not labels), (N, k > 1) tensors, a length other than ``n``, strings and other
+    objects. A tensor made under ``torch.inference_mode()`` is copied outside it. A target
+    object (:mod:`captum_fgcam.targets`) is kept, after checking that ``model`` (if given) can
+    give what it reads (a detector in eval mode); a plain function ``output -> scores``
+    becomes one.
     """
     if target is None:
         return None
+    obj = target_object(target)
+    if obj is not None:
+        obj.check_model(model)
+        return obj
     if isinstance(target, np.ndarray):
         if target.dtype.kind not in "biuf":
             raise TypeError(f"target is a numpy array of {target.dtype}; pass class indices "
@@ -131,10 +141,6 @@ def _index(value: Any) -> int:
     if isinstance(value, (str, bytes)):
         raise TypeError(f"target {value!r} is a string; pass class indices as integers "
                         f"(with a list of class names: names.index({value!r}))")
-    if callable(value):
-        raise TypeError("targets as callables are not supported yet; pass the class index "
-                        "(an int, or one per example as a tensor or list), or wrap the model "
-                        "so that its forward returns the score to explain")
     if not isinstance(value, (int, np.integer)):
         raise TypeError(f"target is a {type(value).__name__}; pass a class index (an int), "
                         "a tuple of indices, or one per example (a tensor or a list)")
@@ -213,3 +219,32 @@ def check_target(target: TargetType, n: int | None, output: Any, required: bool 
                                  f"target index {i} is out of range for an output dimension "
                                  f"of size {size} (0 to {size - 1})")
 
+
+
+def object_scores(target: Target, output: Any, n: int) -> Tensor:
+    """A target object's scores in the real input's ``output``, after its own check
+    (:meth:`~captum_fgcam.targets.Target.check`: it selects something): one float score
+    per example."""
+    target.check(output)
+    scores = target(output)
+    if scores.shape[0] != n:
+        raise ValueError(f"the target {target!r} returned {scores.shape[0]} scores for {n} "
+                         f"examples; a target returns one float score per example, shape "
+                         f"({n},)")
+    return scores
+
+
+def explained_scores(output: Any, target: TargetType, n: int,
+                     locate: Callable[[], str], required: bool = True) -> Tensor:
+    """The scores explained in the real input's ``output``, y_n, after every check: a target
+    object's (:func:`object_scores`), Captum's targets against the score tensor
+    (:func:`check_target`); NaN or Inf refused, located by ``locate``. Call it under
+    autograd for a gradient."""
+    if isinstance(target, Target):
+        scores = object_scores(target, output, n)
+        refuse_non_finite(scores, "the target's scores", locate)
+        return scores
+    scores = scores_of(output)
+    check_target(target, n, scores, required)
+    refuse_non_finite(scores, "the model's scores", locate)
+    return select_targets(scores, target)

@@ -34,6 +34,8 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import hooks as torch_hooks
 
+from ..targets import scores_of
+from .detectors import recordable
 from .ops import CONSTANT_FACTORIES, is_inplace, op_name, out_of_place
 from .tokens import grids_of
 
@@ -108,27 +110,15 @@ def refuse_non_finite(value: Tensor, what: str, locate: Callable[[], str]) -> No
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module that does the work inside ``DataParallel``, DDP and ``torch.compile``."""
+    """The module that does the work inside ``DataParallel``, DDP and ``torch.compile``; for a
+    torchvision detector, its recordable view (:mod:`.detectors`)."""
     while True:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
         elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
             model = model._orig_mod
         else:
-            return model
-
-
-def scores_of(output: Any) -> Tensor:
-    """The class scores in a model's output: the tensor, or a Hugging Face ``.logits``."""
-    if isinstance(output, Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, dict) else getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(
-        f"the model returned {type(output).__name__}; FG-CAM needs the class scores: a tensor, "
-        "or an output with a .logits tensor (Hugging Face). Wrap the model so that its forward "
-        "returns the scores")
+            return recordable(model)
 
 
 class _Recorder(TorchFunctionMode):
@@ -370,8 +360,8 @@ def capture(model: nn.Module, inputs: Sequence[Tensor], extra: Sequence[Any] = (
     placeholders = [recorder.placeholder(x, i) for i, x in enumerate(inputs)]
     with torch.set_grad_enabled(any_layer), _module_hooks(recorder), recorder:
         output = model(*inputs, *extra)
-    scores = scores_of(output)
-    result = recorder.node_of(scores)
+    scores = scores_of(output, strict=False)  # a detector's list of dicts: no score node
+    result = None if scores is None else recorder.node_of(scores)
     if result is not None:
         recorder.graph.output(result)
     live = ({n: t for n, t in recorder.live.items() if t._version == recorder.versions[n]}

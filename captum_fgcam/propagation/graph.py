@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from . import ops
-from .capture import Capture
+from .capture import Capture, item_of
 from .selectors import Site
 
 
@@ -74,37 +74,44 @@ def first_linear(cap: Capture, module: nn.Module) -> set[fx.Node]:
 
 def _pixels(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
     """Which elements of ``node``'s input are pixels of the image, where routing operations
-    (zero padding, cropping, reshapes) sit between the image and it; None when every element
-    is (or it cannot be told)."""
-    masks: dict[fx.Node, Tensor] = {cap.image: torch.ones_like(cap.values[cap.image],
-                                                               dtype=torch.bool)}
+    (zero padding, cropping, reshapes, a detector's unbinding and stacking of its images) sit
+    between the image and it; None when every element is (or it cannot be told). Masks follow
+    the recorded operations from the image: routed as the values were, kept through
+    element-wise ones, all pixels after anything that mixes them (a resize)."""
     signal = node.args[0] if node.args else None
-    chain = []
-    while isinstance(signal, fx.Node) and signal is not cap.image:
-        chain.append(signal)
-        live = signal.all_input_nodes
-        signal = live[0] if len(live) == 1 else None
-    if signal is not cap.image:
+    if not isinstance(signal, fx.Node) or signal is cap.image:
         return None
-    for link in reversed(chain):
-        source = link.all_input_nodes[0]
-        if ops.kind_of(_callable(model, link)) == ops.ROUTE:
-            masks[link] = _routed(cap, model, link, masks[source])
-        else:  # element-wise or affine: the same elements (in a fresh layout, as they return)
-            masks[link] = masks[source].contiguous()
-    mask = masks[chain[0]] if chain else None
-    return None if mask is None or bool(mask.all()) else mask
+    masks: dict[fx.Node, Any] = {cap.image: torch.ones_like(cap.values[cap.image],
+                                                            dtype=torch.bool)}
+    for link in cap.nodes[cap.position[cap.image] + 1:cap.position[signal] + 1]:
+        live = [a for a in link.all_input_nodes if a in masks]
+        value = cap.values.get(link)
+        if not live:
+            continue
+        if link.target is item_of:  # one output of a multi-output routing (unbind, split)
+            masks[link] = masks[link.args[0]][link.args[1]]
+        elif link.op in ("call_function", "call_module") \
+                and ops.kind_of(_callable(model, link)) == ops.ROUTE:
+            masks[link] = _routed(cap, model, link, masks)
+        elif isinstance(value, Tensor) and len(live) == 1 \
+                and masks[live[0]].shape == value.shape:
+            masks[link] = masks[live[0]].contiguous()  # element-wise or affine
+        elif isinstance(value, Tensor):
+            masks[link] = torch.ones_like(value, dtype=torch.bool)
+    mask = masks.get(signal)
+    return None if not isinstance(mask, Tensor) or bool(mask.all()) else mask
 
 
 def _callable(model: nn.Module, node: fx.Node) -> Any:
     return model.get_submodule(str(node.target)) if node.op == "call_module" else node.target
 
 
-def _routed(cap: Capture, model: nn.Module, node: fx.Node, mask: Tensor) -> Tensor:
-    """A routing operation applied to a 0/1 mask of its (single) activation input."""
-    source = node.all_input_nodes[0]
-    args = fx.node.map_arg(node.args, lambda n: mask.float() if n is source else cap.values[n])
-    return _callable(model, node)(*args, **node.kwargs).bool()
+def _routed(cap: Capture, model: nn.Module, node: fx.Node, masks: dict[fx.Node, Any]) -> Any:
+    """A routing operation applied to 0/1 masks of its activation inputs (``masks``)."""
+    args = fx.node.map_arg(node.args, lambda n: masks[n].float() if n in masks
+                           else cap.values[n])
+    routed = _callable(model, node)(*args, **node.kwargs)
+    return tuple(r.bool() for r in routed) if isinstance(routed, (tuple, list)) else routed.bool()
 
 
 def _padded(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
@@ -117,8 +124,9 @@ def _padded(cap: Capture, model: nn.Module, node: fx.Node) -> Tensor | None:
     op = _callable(model, signal)
     if not (isinstance(op, nn.modules.padding._ConstantPadNd) or ops.op_name(op) == "pad"):
         return None
-    source = cap.values[signal.all_input_nodes[0]]
-    return _routed(cap, model, signal, torch.ones_like(source, dtype=torch.bool))
+    source = signal.all_input_nodes[0]
+    return _routed(cap, model, signal,
+                   {source: torch.ones_like(cap.values[source], dtype=torch.bool)})
 
 
 def _signal_from_image(node: fx.Node, from_image: dict[fx.Node, bool]) -> bool:

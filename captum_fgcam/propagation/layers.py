@@ -18,6 +18,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .._state import usable
+from ..targets import scores_of
 from . import ops
 from .capture import Capture, capture, unwrap
 from .graph import ancestors, relevance_path, site
@@ -243,6 +244,9 @@ def cam_layer_in(cap: Capture, model: nn.Module) -> str:
              and (s.op_name.lower().startswith("adaptive") or _global(cap, n))]
     flattens = [n for n, s in kinds
                 if s.op_name in ("flatten", "view", "reshape", "Flatten", "linear", "Linear")]
+    stage = _backbone_stage(cap, model)
+    if stage is not None:
+        return stage
     feature = None
     if pools:
         feature = pools[-1].all_input_nodes[0] if pools[-1].all_input_nodes else None
@@ -269,6 +273,34 @@ def cam_layer_in(cap: Capture, model: nn.Module) -> str:
             f"{type(model).__name__} runs {what.op_name} ({what.kind} operation) before its "
             f"candidate CAM layer {name!r}: {ops.UNSUPPORTED_REASON}")
     return name
+
+
+def _backbone_stage(cap: Capture, model: nn.Module) -> str | None:
+    """For a dense prediction (an N x C x H x W output: segmentation; or a detector's list of
+    detections), the last stage of the model's ``backbone`` (``backbone.body`` under a feature
+    pyramid and ``backbone.features`` in SSD, as torchvision builds them) or of its encoder
+    (Hugging Face: ``segformer.encoder`` or ``.stages``): its last child that ran once and
+    returned one image-shaped tensor; an error naming the fix where there is none. None for
+    other models."""
+    scores = scores_of(cap.output, strict=False)
+    if scores is not None and scores.dim() < 4:
+        return None
+    names = dict(model.named_modules())
+    encoders = [n for n in names if n.rsplit(".", 1)[-1] in ("stages", "encoder")]
+    root = next((n for n in ("backbone.body", "backbone.features", "backbone", *encoders)
+                 if n in names), None)
+    stages = [] if root is None else [f"{root}.{child}"
+                                      for child, _ in names[root].named_children()]
+    ran = [n for n in stages if len(cap.calls.get(n, [])) == 1
+           and isinstance(cap.values.get(cap.calls[n][0].output), Tensor)
+           and cap.values[cap.calls[n][0].output].dim() == 4]
+    if not ran:
+        raise LayerError(
+            f"{type(model).__name__} makes a dense prediction (an output of shape "
+            f"{tuple(scores.shape) if scores is not None else 'detections'}) and has no "
+            "backbone or encoder stages to take a CAM layer from; pass cam_layer= (the "
+            "encoder's last stage)")
+    return max(ran, key=lambda n: cap.position[cap.calls[n][0].output])
 
 
 def check_cam_layer(name: str, value: Tensor | None = None, image: Tensor | None = None,
@@ -324,7 +356,8 @@ def check_cam_layer(name: str, value: Tensor | None = None, image: Tensor | None
 
 def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None,
                    rules: Rules = None) -> str:
-    """The default CAM layer: the module whose output feeds the classifier head's pooling.
+    """The default CAM layer: the module whose output feeds the classifier head's pooling;
+    for a dense prediction (segmentation, detection), the last stage of the model's backbone.
 
     The head's pooling is the *last* global pooling (adaptive pooling, ``mean``, ``amax``) the
     model runs, which skips the pools inside squeeze-excitation blocks; a model without one
@@ -338,8 +371,12 @@ def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     with average pooling) is found the same way (Swin: the final ``norm``); a ViT that reads
     its class token gives the last normalisation before the last attention (torchvision:
     ``encoder.layers.encoder_layer_11.ln_1``, timm: ``blocks.11.norm1``), whose tokens that
-    attention mixes into the class token. ``rules``: those of the explainer that will use the
-    answer (they decide how finely the graph is recorded; default: the conserving preset).
+    attention mixes into the class token. Segmentation models and detectors (an output with
+    spatial dimensions, or a list of detections) with a ``backbone`` (torchvision's, or
+    ``backbone.body`` under a feature pyramid) give its last stage (``backbone.layer4``,
+    ``backbone.16``), the features every head reads. ``rules``: those of the explainer that
+    will use the answer (they decide how finely the graph is recorded; default: the
+    conserving preset).
     """
     module = unwrap(model)
     return cam_layer_in(record_example(module, inputs, rules), module)

@@ -9,7 +9,9 @@ w_k = softmax(f(x * M_k))_c (no baseline, no softmax across channels).
 M_k = (up(A_k) - min) / (max - min + 1e-8) with bilinear align_corners=True, s_k = f(x * M_k)_c
 (the logit), w = softmax over channels of s.
 
-Both: E_k = w_k A_k with the raw A. The N x C masked forward passes run in chunks of
+Both: E_k = w_k A_k with the raw A. With a target object t (:mod:`captum_fgcam.targets`) the
+score is the target's own, w_k = t(f(x * M_k)), without softmax (``ClassProbability`` gives
+the reference variant's probability). The N x C masked forward passes run in chunks of
 ``batch_size`` images, across channels and images alike.
 
 Cost: one forward pass of the model per channel of the CAM layer per image (512 for VGG16's
@@ -30,9 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._batching import take, take_all
-from ..arguments import TargetType, forward_args_tuple, repeat_targets, select_targets
+from ..arguments import TargetType, forward_args_tuple, target_scores
 from ..propagation.core import safe_divide
 from ..propagation.tokens import on_grid
+from ..targets import Target
 from .protocol import CamRecord
 
 
@@ -93,7 +96,6 @@ class ScoreCamWeighting:
         x = inputs[0]
         n, c = acts.shape[:2]
         extra = forward_args_tuple(additional_forward_args) or ()
-        targets = repeat_targets(target, c)
         flat_acts = acts.reshape(n * c, *acts.shape[2:])
         weights = torch.empty(n * c, dtype=x.dtype, device=x.device)
         make_masks = channel_masks if self.variant == "reference" else channel_masks_score_cam
@@ -110,9 +112,9 @@ class ScoreCamWeighting:
                 if masked.dim() == 4:  # convolutions run fastest channels-last on CPU
                     masked = masked.contiguous(memory_format=torch.channels_last)
                 out = forward_func(masked, *take_all(extra, image, n))
-                if self.variant == "reference":
-                    out = out.softmax(dim=1)
-                weights[rows] = select_targets(out, take(targets, rows, n * c)).reshape(-1)
+                if self.variant == "reference" and not isinstance(target, Target):
+                    out = out.softmax(dim=1)  # a target object gives its own score
+                weights[rows] = target_scores(out, take(target, image, n)).reshape(-1)
                 bar.update(len(rows))
         if self.variant == "score-cam":
             weights = weights.reshape(n, c).softmax(dim=1)
