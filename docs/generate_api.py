@@ -29,6 +29,7 @@ API = HERE / "api.md"
 MODULES = [
     ("captum_fgcam", "the attribution classes, the rules and the engine's entry points"),
     ("captum_fgcam.propagation", "the propagation engine: capture, graph, rule maps, rules"),
+    ("captum_fgcam.targets", "target objects: what is explained, for any task"),
     ("captum_fgcam.weightings", "CAM channel weightings (the protocol and the built-in ones)"),
     ("captum_fgcam.methods", "the method registry used by `explain`, `benchmark`, the demo"),
     ("captum_fgcam.metrics", "faithfulness and localisation metrics"),

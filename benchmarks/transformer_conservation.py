@@ -5,7 +5,7 @@ one image, random positive components at the CAM layer found): the relevance ent
 tapped stage and the pixels, as max |sum(R) - sum(E)| / sum(E), and the share a ViT's class
 and register tokens (learned constants) keep.
 
-    python benchmarks/transformers.py        # about 2 minutes on 2 CPU cores
+    python benchmarks/transformer_conservation.py        # about 2 minutes on 2 CPU cores
 """
 
 from __future__ import annotations
