@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs lint bench benchmark faithfulness transformer figures clean
+.PHONY: demo test docs lint bench benchmark faithfulness transformer tasks figures clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -55,6 +55,19 @@ faithfulness: $(STAMP)
 	done
 	$(PY) benchmarks/faithfulness.py
 
+# The tasks' tables: the zoo's segmenter and detector, the peers' recipes beside FG-CAM, under
+# the paper's substrate and RISE's (about 60 min on a quiet 2-core CPU).
+TASK_METHODS := Grad-CAM HiResCAM Layer-CAM FG-Grad-CAM FG-HiResCAM FG-Layer-CAM
+tasks: $(STAMP)
+	mkdir -p docs/benchmark/tasks/paper docs/benchmark/tasks/rise
+	for m in scenes-seg scenes-det; do \
+	  lrp=$$(case $$m in scenes-seg) echo LRP;; esac); \
+	  $(VENV)/bin/captum-fgcam benchmark --model $$m --images 30 --methods $(TASK_METHODS) \
+	    $$lrp --no-progress --out docs/benchmark/tasks/paper/$$m; \
+	  $(VENV)/bin/captum-fgcam benchmark --model $$m --images 30 --blur 11 5 \
+	    --methods $(TASK_METHODS) $$lrp --no-progress --out docs/benchmark/tasks/rise/$$m; \
+	done
+
 # The transformers issue's table: the zoo's Swin at every stage and the input (about 15 min).
 transformer: $(STAMP)
 	$(VENV)/bin/captum-fgcam benchmark --model scenes-swin --images 100 \
@@ -74,6 +87,11 @@ figures: $(STAMP)
 	  --layer features.13 --layer input --scale method
 	$(EXPLAIN) --out docs/explain/signed.png --sign all --method fg-grad-cam \
 	  --method fg-grad-cam-d --method clrp --layer features.23 --layer input
+	for task in segmentation detection; do \
+	  $(VENV)/bin/captum-fgcam explain docs/explain/scene-pair.png --task $$task \
+	    --model $$(case $$task in segmentation) echo scenes-seg;; *) echo scenes-det;; esac) \
+	    --method grad-cam --method layer-cam --method fg-grad-cam --method fg-layer-cam \
+	    --out docs/explain/$$task.png --no-progress; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info

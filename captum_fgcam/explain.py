@@ -1,9 +1,10 @@
 """``captum-fgcam explain``: FG-CAM and baseline maps for your own images and model.
 
-The model is a torchvision classification model name (``--weights DEFAULT`` for pretrained
-weights, random weights otherwise), a checkpoint file (loaded with ``weights_only=True``; a
-state_dict needs ``--arch``), or a :mod:`captum_fgcam.zoo` name (see
-:mod:`captum_fgcam.loading`). User errors end with one line on stderr and exit code 2.
+The model is a torchvision model name of the ``--task`` (``--weights DEFAULT`` for
+pretrained weights, random weights otherwise), a checkpoint file (loaded with
+``weights_only=True``; a state_dict needs ``--arch``), or a :mod:`captum_fgcam.zoo` name (see
+:mod:`captum_fgcam.loading`); what is explained per task: :mod:`captum_fgcam.tasks`. User
+errors end with one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -22,13 +23,22 @@ import torch
 from matplotlib.backend_bases import FigureCanvasBase
 from torch import Tensor, nn
 
+from .arguments import TargetType
 from .images import IMAGE_SUFFIXES, check_images, image_files, image_suffixes, load_images
-from .loading import ModelSource, model_source, parse_device, probe
+from .loading import TASKS, ModelSource, model_source, parse_device, probe
 from .methods import INPUT, METHODS, explainers, resolve
 from .outputs import check_outputs, written
 from .propagation import PRESETS, find_cam_layer
 from .propagation.views import CONVOLUTION_LAYERS
-from .usage import UsageError, suggest
+from .tasks import (
+    Explained,
+    check_classes,
+    class_indices,
+    embedding_of,
+    explained,
+    output_classes,
+)
+from .usage import UsageError
 from .visualization import DPI, SCALES, UPSAMPLING, _cell_inches, plot_grid
 
 MAP_SUFFIXES = (".pt", ".npz")
@@ -47,15 +57,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", type=Path,
                         help="image files or folders (searched recursively, see --ext)")
     parser.add_argument("--model", required=True, metavar="NAME_OR_CHECKPOINT",
-                        help="a torchvision classification model name (e.g. resnet18), a "
-                             "checkpoint file, or a captum_fgcam.zoo name")
+                        help="a torchvision model name of the task (e.g. resnet18, "
+                             "deeplabv3_resnet50, fasterrcnn_resnet50_fpn), a checkpoint "
+                             "file, or a captum_fgcam.zoo name")
+    parser.add_argument("--task", choices=TASKS, default="classification",
+                        help="what the model predicts and what is explained: a class "
+                             "(default), several classes (multilabel), the similarity to "
+                             "--reference, a segmented region, a detection")
     parser.add_argument("--weights", metavar="NAME",
                         help="torchvision weights: DEFAULT or a weights name such as "
                              "IMAGENET1K_V1 (without it: random weights, drawn with --seed)")
     parser.add_argument("--arch", metavar="NAME",
                         help="torchvision architecture of a state_dict checkpoint")
     parser.add_argument("--target", metavar="CLASS",
-                        help="class index or name (default: the predicted class)")
+                        help="class index or name (default: the predicted class; "
+                             "segmentation: the class covering most pixels; detection: the "
+                             "most confident detection, of this class if given; multilabel: "
+                             "a comma-separated list, default the classes with sigmoid >= "
+                             "0.5)")
+    parser.add_argument("--reference", type=Path, metavar="IMAGE",
+                        help="--task similarity: the image whose embedding the images' "
+                             "embeddings are compared with (cosine)")
     parser.add_argument("--layer", action="append", metavar="NAME", dest="layers",
                         help=f"dotted module name, or '{INPUT}' for the pixels; repeat for "
                              "several (default: the CAM layer and the input)")
@@ -104,45 +126,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar")
 
 
-# -- target, layers --------------------------------------------------------------------------
-
-def target_spec(spec: str | None, categories: Sequence[str] | None) -> int | None:
-    """``--target`` as a class index (None: the predicted class), checked as far as it can be
-    without the model: not negative, a class name only with class names, a known name."""
-    if spec is None:
-        return None
-    if spec.lstrip("-").isdigit():
-        index = int(spec)
-        if index < 0:
-            raise UsageError(f"--target {spec}: a class index is 0 or more; pass an index "
-                             "or, with --weights, a class name")
-        return index
-    if categories is None:
-        raise UsageError(f"class name {spec!r} needs the model's class names, which only "
-                         "torchvision --weights and the zoo provide; pass a class index")
-    lowered = [c.lower() for c in categories]
-    if spec.lower() not in lowered:
-        raise UsageError(f"unknown class name {spec!r}{suggest(spec, list(categories))} "
-                         f"(or pass a class index, 0 to {len(categories) - 1})")
-    return lowered.index(spec.lower())
-
-
-def check_target(index: int | None, classes: int) -> None:
-    """Refuse a class index the model (``classes`` scores) does not have."""
-    if index is not None and index >= classes:
-        raise UsageError(f"class index {index} is out of range: the model has {classes} "
-                         f"classes; pass --target 0 to {classes - 1}")
-
-
-def resolve_target(spec: str | None, scores: Tensor,
-                   categories: Sequence[str] | None) -> list[int]:
-    """One class index per image: ``spec`` (an index or a class name) or the prediction."""
-    index = target_spec(spec, categories)
-    check_target(index, scores.shape[1])
-    if index is None:
-        return scores.argmax(dim=1).tolist()
-    return [index] * scores.shape[0]
-
+# -- layers ----------------------------------------------------------------------------------
 
 def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str) -> list[str]:
     """The layers to explain, checked; default: the CAM layer and the input."""
@@ -162,11 +146,13 @@ def resolve_layers(model: nn.Module, names: Sequence[str] | None, cam_layer: str
 
 # -- maps ------------------------------------------------------------------------------------
 
-def compute_maps(model: nn.Module, x: Tensor, targets: list[int], methods: Sequence[str],
+def compute_maps(model: nn.Module, x: Tensor, target: TargetType, methods: Sequence[str],
                  layers: Sequence[str], rules: str = "conserving") -> Maps:
     """``maps[method][layer] = N x 1 x h x w`` (on the CPU) for every pair the registry
-    supports (:mod:`captum_fgcam.methods`: plain CAMs have no map at the input)."""
-    target = torch.tensor(targets, device=x.device)
+    supports (:mod:`captum_fgcam.methods`: plain CAMs have no map at the input); ``target``:
+    class indices (one per image) or a target object."""
+    if isinstance(target, list):
+        target = torch.tensor(target, device=x.device)
     maps: Maps = {method: {} for method in methods}
     for (method, layer), explain_batch in explainers(model, methods, layers, x[:1],
                                                      rules).items():
@@ -185,9 +171,10 @@ def _column(layer: str, maps: Maps, cam_layer: str) -> str:
     return f"{layer} ({shape[0]}x{shape[1]}{note})"
 
 
-def save_maps(path: Path, maps: Maps, images: Sequence[Path], targets: list[int]) -> None:
+def save_maps(path: Path, maps: Maps, images: Sequence[Path], targets: list[str]) -> None:
     """The maps at each layer's resolution, named by method and layer: ``.npz`` (arrays
-    ``"METHOD @ LAYER"`` of shape N x h x w, plus ``images`` and ``targets``) or ``.pt``
+    ``"METHOD @ LAYER"`` of shape N x h x w, plus ``images`` and ``targets``, what was
+    explained in each image as text: a class index, "1,3", "label: x1, y1, x2, y2") or ``.pt``
     (``{"images", "targets", "maps": {method: {layer: N x 1 x h x w}}}``)."""
     if path.suffix == ".pt":
         torch.save({"images": [str(p) for p in images], "targets": targets, "maps": maps}, path)
@@ -237,7 +224,7 @@ class _Plan:
     device: torch.device
     outputs: list[Path]
     source: ModelSource
-    target: int | None
+    classes: list[int] | None  # --target's classes (None: chosen per image)
 
 
 def _check(args: argparse.Namespace) -> _Plan:
@@ -264,17 +251,23 @@ def _check(args: argparse.Namespace) -> _Plan:
                          f"({', '.join(FigureCanvasBase.get_supported_filetypes())})")
     methods = _methods(args)
     device = parse_device(args.device)
-    source = model_source(args.model, args.weights, args.arch)
-    target = target_spec(args.target, source.categories)
+    source = model_source(args.model, args.weights, args.arch, args.task)
+    classes = class_indices(args.target, source.categories, args.task)
+    if (args.reference is None) == (args.task == "similarity"):
+        raise UsageError("--task similarity needs --reference IMAGE (the image to compare "
+                         "with)" if args.reference is None else
+                         "--reference applies to --task similarity only; leave it out")
+    references = [] if args.reference is None else [args.reference]
     _check_figure_size(args, source.preprocessing.sized(args.size).crop, len(methods))
     outputs = _outputs(args.out, images)
     check_outputs([("--out", p) for p in outputs]
                   + ([("--maps", args.maps)] if args.maps is not None else []),
                   [("the image", p) for p in images]
+                  + [("the --reference image", p) for p in references]
                   + [("the image folder", p) for p in args.images if p.is_dir()]
                   + list(source.files))
-    check_images(images)
-    return _Plan(images, methods, device, outputs, source, target)
+    check_images(images + references)
+    return _Plan(images, methods, device, outputs, source, classes)
 
 
 def _check_figure_size(args: argparse.Namespace, size: int, methods: int) -> None:
@@ -300,37 +293,43 @@ def explain(args: argparse.Namespace) -> None:
     model = loaded.model.to(plan.device)
     preprocessing = loaded.preprocessing.sized(args.size)
     # the cheap checks that need the model, on one all-zero image before any image is read:
-    # the size runs, the target is a class, the layers exist
+    # the size runs, the output is the task's, the target is a class, the layers exist
     blank = torch.zeros(1, 3, preprocessing.crop, preprocessing.crop, device=plan.device)
-    scores = probe(model, preprocessing.crop, plan.device, loaded.preprocessing.crop,
-                   args.model)
-    check_target(plan.target, scores.shape[1])
+    output = probe(model, preprocessing.crop, plan.device, loaded.preprocessing.crop,
+                   args.model, task=args.task)
+    classes = output_classes(output, args.task)
+    if classes is not None:
+        check_classes(plan.classes, classes)
+    reference = None
+    if args.reference is not None:
+        with torch.no_grad():
+            reference = embedding_of(model(load_images([args.reference], preprocessing)[1]
+                                           .to(plan.device)))
     cam_layer = find_cam_layer(model, blank)
     layers = resolve_layers(model, args.layers, cam_layer)
     images, outputs = plan.images, plan.outputs
     all_maps: Maps = {}
-    all_targets: list[int] = []
+    all_targets: list[int | str] = []
     bar = _progress(len(images), args.progress)
     for start in range(0, len(images), args.batch_size):
         paths = images[start:start + args.batch_size]
         shown, x = load_images(paths, preprocessing)
         x = x.to(plan.device)
         with torch.no_grad():
-            probabilities = model(x).softmax(dim=1).cpu()
-        targets = (probabilities.argmax(dim=1).tolist() if plan.target is None
-                   else [plan.target] * len(paths))
-        maps = compute_maps(model, x, targets, plan.methods, layers, args.rules)
+            what = explained(args.task, model(x), plan.classes, loaded.categories, paths,
+                             reference)
+        maps = compute_maps(model, x, what.target, plan.methods, layers, args.rules)
         columns = {layer: _column(layer, maps, cam_layer) for layer in layers
                    if any(layer in row for row in maps.values())}
         for i, (image, path) in enumerate(zip(shown, paths, strict=True)):
-            summary = _summary(probabilities[i], targets[i], loaded.categories)
             cells = {row: {columns[layer]: m[i] for layer, m in by_layer.items()}
                      for row, by_layer in maps.items()}
-            _save_figure(outputs[start + i], image, cells, f"{loaded.label}: {summary}", args)
-            bar.write(f"{path}: {summary} -> {outputs[start + i]}")
+            _save_figure(outputs[start + i], image, cells,
+                         f"{loaded.label}: {what.summaries[i]}", args, what, i)
+            bar.write(f"{path}: {what.summaries[i]} -> {outputs[start + i]}")
         bar.update(len(paths))
         _merge(all_maps, maps)
-        all_targets += targets
+        all_targets += what.described
     bar.close()
     if args.maps is not None:
         with written(args.maps) as partial:
@@ -339,13 +338,16 @@ def explain(args: argparse.Namespace) -> None:
 
 
 def _save_figure(out: Path, image: np.ndarray, cells: dict[str, dict[str, Tensor]],
-                 title: str, args: argparse.Namespace) -> None:
-    """One image's figure: rows = methods, columns = layers, drawn as the options say."""
+                 title: str, args: argparse.Namespace, what: Explained, i: int) -> None:
+    """One image's figure: rows = methods, columns = layers, drawn as the options say; the
+    explained region outlined, or the explained box drawn, on every panel."""
     view = "positive relevance" if args.sign == "positive" else "signed relevance"
     fig = plot_grid(image, cells, sign=args.sign, title=f"{title}; {view}",
                     method="heat_map" if args.bare else "blended_heat_map",
                     mode=args.upsample, scale=args.scale, dpi=args.dpi, cell=args.cell,
-                    scores=[m for m in cells if METHODS[m].scores])
+                    scores=[m for m in cells if METHODS[m].scores],
+                    region=what.regions[i] if what.regions else None,
+                    box=what.boxes[i] if what.boxes else None)
     with written(out) as partial:
         fig.savefig(partial)
     plt.close(fig)
@@ -356,14 +358,3 @@ def _progress(total: int, enabled: bool) -> Any:
 
     return tqdm(total=total, desc="explain", unit="image", disable=not enabled or None,
                 file=sys.stderr)
-
-
-def _summary(probabilities: Tensor, target: int, categories: Sequence[str] | None) -> str:
-    """"class 3 'dog' (p = 0.81), predicted" for one image, or the prediction beside it."""
-    def name(c: int) -> str:
-        return f"{c} {categories[c]!r}" if categories else str(c)
-    predicted = int(probabilities.argmax())
-    text = f"class {name(target)} (p = {float(probabilities[target]):.2f})"
-    if target == predicted:
-        return f"{text}, predicted"
-    return f"{text}; predicted {name(predicted)} (p = {float(probabilities[predicted]):.2f})"

@@ -13,6 +13,9 @@ the model it is given. Quantus itself is optional: this module does not import i
 
 Our localisation metrics (:func:`~captum_fgcam.metrics.energy_proportion`,
 :func:`~captum_fgcam.metrics.pointing_game`) accept Quantus' (N, 1, H, W) 0/1 ``s_batch``.
+Quantus' own metrics score a classifier (``model(x)[:, y]``), so they cannot score a
+segmentation region or a detection; ``explain_func`` takes target objects
+(:mod:`captum_fgcam.targets`) when called directly, and :mod:`captum_fgcam.metrics` scores them.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ def explain_func(model: nn.Module, inputs: Any, targets: Any, method: str = "FG-
                  layer: str | None = None, rules: str = "conserving",
                  **_: Any) -> np.ndarray:
     """(N, 1, H, W) float32 maps of ``method`` at ``layer`` for ``inputs`` (N, C, H, W) and
-    integer ``targets`` (N,) (any target form the attributions take; floats and booleans are
-    refused, not cast), upsampled bilinearly to H x W when the layer is coarser.
+    integer ``targets`` (N,) (any target form the attributions take, target objects
+    included; floats and booleans are refused, not cast), upsampled bilinearly to H x W when
+    the layer is coarser.
 
     ``layer``: a module name or ``"input"``; default: the input for methods that reach it,
     else the model's CAM layer. Other keyword arguments (Quantus passes some) are ignored.

@@ -198,10 +198,19 @@ class ClassProbability(Target):
 
 
 class MultiLabel(Target):
-    """y_n = \\sum_{c \\in S} z_{n,c} over a set S of classes (``activation="sigmoid"``: of
-    their sigmoids, the probabilities of a multi-label head)."""
+    """y_n = \\sum_{c \\in S_n} z_{n,c} over a set S of classes (``activation="sigmoid"``:
+    of their sigmoids, the probabilities of a multi-label head). ``classes``: the class
+    indices of a set shared by all examples, or a boolean N x classes tensor whose row n
+    selects S_n."""
 
     def __init__(self, classes: Sequence[int] | Tensor, activation: str | None = None) -> None:
+        self.selection = None
+        if isinstance(classes, Tensor) and classes.dtype == torch.bool and classes.dim() == 2:
+            empty = (~classes.any(dim=1)).nonzero().flatten().tolist()
+            if empty:
+                raise ValueError(f"MultiLabel: the selection is empty for example(s) {empty}; "
+                                 "select at least one class per example")
+            self.selection, classes = classes, classes.nonzero()[:, 1]
         self.classes = _classes(classes, "MultiLabel").flatten()
         if not self.classes.numel():
             raise ValueError("MultiLabel: the set of classes is empty; pass at least one class")
@@ -212,31 +221,48 @@ class MultiLabel(Target):
 
     def scores(self, output: Any) -> Tensor:
         z = _logits(output, "MultiLabel")
+        if self.selection is not None and self.selection.shape != z.shape:
+            raise ValueError(f"MultiLabel: the selection has shape "
+                             f"{tuple(self.selection.shape)}; the model's scores "
+                             f"{tuple(z.shape)}: give one row per example, one column per class")
         if self.activation == "sigmoid":
             z = z.sigmoid()
-        return sum(_column(z, c, "MultiLabel") for c in self.classes.unique())
+        if self.selection is None:
+            return sum(_column(z, c, "MultiLabel") for c in self.classes.unique())
+        return (z * self.selection.to(z.device, z.dtype)).sum(dim=1)
+
+    def take(self, index: slice | Tensor) -> MultiLabel:
+        if self.selection is None:
+            return self
+        return MultiLabel(self.selection[index], self.activation)
 
     def __repr__(self) -> str:
-        return f"MultiLabel({self.classes.tolist()}, activation={self.activation!r})"
+        classes = self.classes.tolist() if self.selection is None else "per example"
+        return f"MultiLabel({classes}, activation={self.activation!r})"
 
 
 class SegmentationRegion(Target):
-    """y_n = \\sum_{ij} M_{n,ij} z_{n,c,ij}: class ``category``'s logits summed over a region
-    of the segmentation output z (N x classes x H x W: a tensor, ``{"out": ...}`` or
-    ``.logits``). ``mask`` (H x W, or N x H x W, of the output's size; boolean or weights in
-    [0, 1]); None: the pixels the model assigns to ``category`` (argmax over classes).
+    """y_n = \\sum_{ij} M_{n,ij} z_{n,c_n,ij}: class ``category``'s logits summed over a
+    region of the segmentation output z (N x classes x H x W: a tensor, ``{"out": ...}`` or
+    ``.logits``). ``category``: an int, or one per example. ``mask`` (H x W, or N x H x W, of
+    the output's size; boolean or weights in [0, 1]); None: the pixels the model assigns to
+    the class (argmax over classes).
     """
 
-    def __init__(self, category: int, mask: Tensor | None = None) -> None:
-        self.category = int(_classes(category, "SegmentationRegion"))
+    def __init__(self, category: int | Sequence[int] | Tensor, mask: Tensor | None = None
+                 ) -> None:
+        self.category = _classes(category, "SegmentationRegion")
+        if self.category.dim() == 1 and not len(self.category):
+            raise ValueError("SegmentationRegion: no class given; pass a class index")
         if mask is not None:
             mask = _checked_mask(mask)
         self.mask = mask
 
     def region(self, z: Tensor) -> Tensor:
-        """M: N x H x W weights (the mask, or argmax(z) == category)."""
+        """M: N x H x W weights (the mask, or argmax(z) == c_n)."""
         if self.mask is None:
-            return (z.argmax(dim=1) == self.category).to(z.dtype)
+            category = self.category.to(z.device).reshape(-1, 1, 1)
+            return (z.argmax(dim=1) == category).to(z.dtype)
         if self.mask.shape[-2:] != z.shape[-2:] or (self.mask.dim() == 3
                                                      and self.mask.shape[0] != z.shape[0]):
             raise ValueError(
@@ -246,34 +272,30 @@ class SegmentationRegion(Target):
                 "with F.interpolate(mask[None, None].float(), size, mode='nearest'))")
         return self.mask.to(z.device, z.dtype).expand(z.shape[0], *z.shape[-2:])
 
-    def _output(self, output: Any) -> Tensor:
-        z = _logits(output, "SegmentationRegion", dims=4)
-        if self.category >= z.shape[1]:
-            raise ValueError(f"SegmentationRegion: class {self.category} is out of range: the "
-                             f"model has {z.shape[1]} classes (0 to {z.shape[1] - 1})")
-        return z
-
     def scores(self, output: Any) -> Tensor:
-        z = self._output(output)
-        return (z[:, self.category] * self.region(z).detach()).sum(dim=(1, 2))
+        z = _logits(output, "SegmentationRegion", dims=4)
+        region = (z * self.region(z).detach()[:, None]).sum(dim=(2, 3))
+        return _column(region, self.category, "SegmentationRegion")
 
     def check(self, output: Any) -> None:
-        z = self._output(output)
+        z = _logits(output, "SegmentationRegion", dims=4)
+        _column(z[:, :, 0, 0], self.category, "SegmentationRegion")
         empty = (self.region(z).flatten(1).sum(dim=1) == 0).nonzero().flatten().tolist()
         if empty:
             what = ("the mask" if self.mask is not None
-                    else f"the pixels the model assigns to class {self.category}")
+                    else f"the pixels the model assigns to class {self.category.tolist()}")
             raise ValueError(f"SegmentationRegion: {what} is empty for example(s) {empty}: "
                              "nothing to explain; pass a mask that covers the region, or "
                              "another class")
 
     def take(self, index: slice | Tensor) -> SegmentationRegion:
         batched = self.mask is not None and self.mask.dim() == 3
-        return SegmentationRegion(self.category, _take(self.mask, index, batched))
+        return SegmentationRegion(_take(self.category, index, self.category.dim() == 1),
+                                  _take(self.mask, index, batched))
 
     def __repr__(self) -> str:
         mask = "argmax" if self.mask is None else f"mask {tuple(self.mask.shape)}"
-        return f"SegmentationRegion({self.category}, {mask})"
+        return f"SegmentationRegion({self.category.tolist()}, {mask})"
 
 
 def _checked_mask(mask: Any) -> Tensor:
@@ -319,13 +341,13 @@ class Detection(Target):
 
     ``index``: the index-th detection of each image (sorted by score: 0 is the most confident);
     ``box`` (4 or N x 4, x1 y1 x2 y2 in the image's pixels): the detection overlapping it most
-    (with ``label``: of that class), at least ``iou``. On other inputs than the real one
-    (Score-CAM's masked images, the metrics' perturbed ones) a box target scores the detection
-    that overlaps it most, 0 where none reaches ``iou``.
+    (with ``label``, an int or one per image: of that class), at least ``iou``. On other
+    inputs than the real one (Score-CAM's masked images, the metrics' perturbed ones) a box
+    target scores the detection that overlaps it most, 0 where none reaches ``iou``.
     """
 
-    def __init__(self, index: int | None = None, box: Any = None, label: int | None = None,
-                 iou: float = 0.5) -> None:
+    def __init__(self, index: int | None = None, box: Any = None,
+                 label: int | Sequence[int] | Tensor | None = None, iou: float = 0.5) -> None:
         if (index is None) == (box is None):
             raise ValueError("Detection: pass index= (the index-th detection) or box= (the "
                              "detection overlapping a box), one of them")
@@ -339,7 +361,7 @@ class Detection(Target):
         if not 0 < iou <= 1:
             raise ValueError(f"Detection: iou must be in (0, 1]; got {iou}")
         self.index, self.box, self.iou = index, box, iou
-        self.label = None if label is None else int(_classes(label, "Detection label"))
+        self.label = None if label is None else _classes(label, "Detection label")
 
     def _chosen(self, detections: list[dict[str, Tensor]], strict: bool
                 ) -> list[int | None]:
@@ -356,12 +378,14 @@ class Detection(Target):
                 continue
             box = self.box if self.box.dim() == 1 else self.box[n]
             overlap = box_iou(d["boxes"].detach().float(), box.to(d["boxes"].device))
-            if self.label is not None:
-                overlap = overlap * (d["labels"] == self.label)
+            label = None if self.label is None else int(
+                self.label if self.label.dim() == 0 else self.label[n])
+            if label is not None:
+                overlap = overlap * (d["labels"] == label)
             best = int(overlap.argmax()) if k else None
             if best is None or float(overlap[best]) < self.iou:
                 if strict:
-                    kind = "" if self.label is None else f" of class {self.label}"
+                    kind = "" if label is None else f" of class {label}"
                     raise ValueError(
                         f"Detection: no detection{kind} overlaps the box {box.tolist()} by "
                         f"IoU >= {self.iou} in image {n} ({k} detections); pass another "
@@ -381,10 +405,11 @@ class Detection(Target):
             raise TypeError(f"Detection reads a detector's output (a list of dicts with boxes, "
                             f"scores and labels); the model returned {type(output).__name__} "
                             "(a detector in training mode returns losses: call model.eval())")
-        if self.box is not None and self.box.dim() == 2 \
-                and self.box.shape[0] != len(detections):
-            raise ValueError(f"Detection: {self.box.shape[0]} boxes for {len(detections)} "
-                             "images; give one box per image, or one for all")
+        for what, value in (("boxes", self.box), ("labels", self.label)):
+            if value is not None and value.dim() == (2 if what == "boxes" else 1) \
+                    and value.shape[0] != len(detections):
+                raise ValueError(f"Detection: {value.shape[0]} {what} for {len(detections)} "
+                                 f"images; give one per image, or one for all")
         return detections
 
     def scores(self, output: Any) -> Tensor:
@@ -404,11 +429,13 @@ class Detection(Target):
 
     def take(self, index: slice | Tensor) -> Detection:
         box = _take(self.box, index, self.box is not None and self.box.dim() == 2)
-        return Detection(self.index, box, self.label, self.iou)
+        label = _take(self.label, index, self.label is not None and self.label.dim() == 1)
+        return Detection(self.index, box, label, self.iou)
 
     def __repr__(self) -> str:
         which = f"index={self.index}" if self.box is None else f"box={self.box.tolist()}"
-        return f"Detection({which}, label={self.label}, iou={self.iou})"
+        label = None if self.label is None else self.label.tolist()
+        return f"Detection({which}, label={label}, iou={self.iou})"
 
 
 def _embedding(output: Any) -> Tensor:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from captum.attr import visualization as viz
-from matplotlib import colors
+from matplotlib import colors, patches
 from matplotlib.cm import ScalarMappable
 from torch import Tensor
 
@@ -100,6 +100,16 @@ def _overlay(ax: plt.Axes, grey: np.ndarray, values: np.ndarray, norm: colors.No
     ax.imshow(rgba, interpolation="nearest")
 
 
+def _explained(ax: plt.Axes, region: np.ndarray | None, box: Sequence[float] | None) -> None:
+    """The explained region's outline and box, in cyan (a colour no colour map here uses)."""
+    if region is not None and region.any() and not region.all():
+        ax.contour(region.astype(float), levels=[0.5], colors="cyan", linewidths=1.0)
+    if box is not None:
+        x1, y1, x2, y2 = box
+        ax.add_patch(patches.Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False,
+                                       edgecolor="cyan", linewidth=1.2))
+
+
 def _cell_inches(size: tuple[int, int], cell: float | None, dpi: float) -> float:
     return cell if cell is not None else float(np.clip(max(size) / dpi, 2.0, 6.0))
 
@@ -117,7 +127,8 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
               sign: str = "positive", title: str | None = None, cell: float | None = None,
               method: str = "blended_heat_map", mode: str = "nearest", scale: str = "map",
               dpi: float = DPI, cmap: str | None = None,
-              scores: Collection[str] = ()) -> plt.Figure:
+              scores: Collection[str] = (), region: np.ndarray | None = None,
+              box: Sequence[float] | None = None) -> plt.Figure:
     """Rows = methods, columns = layers; the image once, top left.
 
     ``maps[method][layer]`` is a map at that layer (a missing entry leaves its cell empty,
@@ -126,7 +137,8 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     maps), as in Captum; ``mode``: upsampling, as in :func:`to_image_map`; ``scale``: "map"
     or "method" (module docstring); ``cell``: panel width in inches (default: from the
     image size and ``dpi``); ``cmap``: a matplotlib colour map name; ``scores``: rows of
-    normalised scores (module docstring).
+    normalised scores (module docstring); ``region`` (H x W boolean) is outlined and ``box``
+    (x1, y1, x2, y2 in pixels) drawn on the image and every map: what was explained.
     """
     _check_choices(sign, scale, method)
     rows = list(maps)
@@ -146,6 +158,8 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
     grey = image.mean(axis=2) if image.ndim == 3 else image
     for i, row in enumerate(rows):
         _image_panel(fig.add_subplot(grid[i, 0]), image if i == 0 else None, font)
+        if i == 0:
+            _explained(fig.axes[-1], region, box)
         for j, col in enumerate(cols):
             ax = fig.add_subplot(grid[i, j + 1])
             _label(ax, col if i == 0 else None, row if j == 0 else None, label_width, font)
@@ -156,6 +170,7 @@ def plot_grid(image: np.ndarray, maps: Mapping[str, Mapping[str, Tensor]],
                 continue
             _overlay(ax, grey, values[row, col], norms[row], colour_map,
                      method == "blended_heat_map")
+            _explained(ax, region, box)
             if row not in own:
                 _total(ax, maps[row][col], font)
     _colour_bars(fig, grid, rows, norms, colour_map, scale, own, font * 0.8)

@@ -173,13 +173,14 @@ def conservation_error(model: nn.Module, x: torch.Tensor, target) -> tuple[float
 
 
 def segmentation(name: str) -> tuple[nn.Module, str, str]:
-    """A torchvision segmentation model (random weights, 5 classes), its first layer, and its
-    backbone's last stage (the CAM layer)."""
+    """A torchvision segmentation model (random weights, 5 classes), its first layer, and the
+    CAM layer: its backbone's shallowest stage the heads read (LR-ASPP: the low-level branch)."""
     torch.manual_seed(0)
     models = torchvision.models.segmentation
     model = getattr(models, name)(weights=None, weights_backbone=None, num_classes=5)
-    stage = "backbone.layer4" if "resnet" in name else "backbone." + str(
-        len(model.backbone) - 1)
+    stage = {"lraspp_mobilenet_v3_large": "backbone.4",
+             "deeplabv3_mobilenet_v3_large": "backbone.16",
+             "fcn_resnet50": "backbone.layer4"}[name]
     first = "backbone.conv1" if "resnet" in name else "backbone.0.0"
     return model.eval(), first, stage
 
@@ -195,7 +196,7 @@ def test_segmentation_region_conserves_and_equals_the_model_wrapped_by_hand(name
     mask[16:40, 20:52] = True
     target = SegmentationRegion(2, mask)
     error, cam = conservation_error(model, x, target)
-    assert cam == stage and error < 1e-4       # the default CAM layer: the backbone's last stage
+    assert cam == stage and error < 1e-4       # the default CAM layer
     fg = FGGradCam(model, first, cam_layer=stage)
     pixels = fg.attribute(x, target, attribute_to_layer_input=True)
     components = FGGradCam(model, stage, cam_layer=stage).attribute(x, target)
@@ -222,11 +223,13 @@ def segformer() -> nn.Module:
     return transformers.SegformerForSemanticSegmentation(config).eval()
 
 
-def test_hugging_face_segmentation_from_the_encoders_last_stage():
+def test_hugging_face_segmentation_from_the_first_stage_its_decoder_reads():
+    """SegFormer's all-MLP decoder reads every encoder stage: the first one is the layer
+    every path to the output passes through."""
     model = segformer()
     x = image_batch(2, 64, 64, seed=11)
     error, cam = conservation_error(model, x, SegmentationRegion(1, torch.ones(16, 16)))
-    assert cam == "segformer.stages.1" and error < 1e-4
+    assert cam == "segformer.stages.0" and error < 1e-4
 
 
 def test_a_dense_prediction_without_stages_is_refused_naming_the_fix():
@@ -316,18 +319,20 @@ def detector(name: str) -> nn.Module:
     return model
 
 
-DETECTORS = {"fasterrcnn_mobilenet_v3_large_fpn": "backbone.body.16",
-             "retinanet_resnet50_fpn": "backbone.body.layer4",
-             "fcos_resnet50_fpn": "backbone.body.layer4",
-             "maskrcnn_resnet50_fpn": "backbone.body.layer4",
-             "ssdlite320_mobilenet_v3_large": "backbone.features.1"}
+# the default CAM layers: the pyramid's finest level's source (the ResNets' FPN reads
+# layer2-4 in RetinaNet and FCOS, layer1-4 in Mask R-CNN), SSDlite's first feature map
+DETECTORS = {"fasterrcnn_mobilenet_v3_large_fpn": "backbone.body.13",
+             "retinanet_resnet50_fpn": "backbone.body.layer2",
+             "fcos_resnet50_fpn": "backbone.body.layer2",
+             "maskrcnn_resnet50_fpn": "backbone.body.layer1",
+             "ssdlite320_mobilenet_v3_large": "backbone.features.0"}
 
 
 @pytest.mark.parametrize("name", DETECTORS)
 def test_detections_are_explained_at_the_users_pixels(name):
     """The detector normalises, resizes and pads inside; the map comes back at the image the
-    user passed, conserving the components at the backbone's last stage (the default CAM
-    layer), one image as in a batch, the model unchanged."""
+    user passed, conserving the components at the default CAM layer, one image as in a
+    batch, the model unchanged."""
     model = detector(name)
     x = torch.rand(2, 3, 96, 80, generator=torch.Generator().manual_seed(4))
     before = snapshot(model)

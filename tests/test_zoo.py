@@ -9,7 +9,8 @@ from torchvision.models.vgg import cfgs, make_layers
 
 from captum_fgcam import FGGradCam, find_cam_layer
 from captum_fgcam.zoo import checkpoint_path, load_model, names, scenes
-from captum_fgcam.zoo.train import accuracy, fit, materialise
+from captum_fgcam.zoo.registry import _entry
+from captum_fgcam.zoo.train import accuracy, fit, materialise, scores
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,8 @@ def models() -> dict[str, nn.Module]:
 
 def test_names_and_unknown_name():
     assert names() == ["scenes-vgg16bn", "scenes-resnet", "scenes-wall", "scenes-fc-wall",
-                       "scenes-vgg16bn-ig", "scenes-hard", "scenes-swin"]
+                       "scenes-vgg16bn-ig", "scenes-hard", "scenes-swin", "scenes-seg",
+                       "scenes-det"]
     with pytest.raises(KeyError, match="known models: scenes-vgg16bn, scenes-resnet"):
         load_model("vgg16")
 
@@ -47,6 +49,16 @@ def test_checkpoints_are_small_and_load_with_weights_only():
 def test_held_out_accuracy(models, name, least):
     images, labels = materialise(scenes(name, "test", length=200), 200)
     assert accuracy(models[name], images, labels) >= least
+
+
+@pytest.mark.parametrize("name, least", [
+    # on 1000 scenes (python -m captum_fgcam.zoo.train NAME prints them)
+    ("scenes-seg", {"pixel accuracy": 0.94, "mean IoU": 0.55}),
+    ("scenes-det", {"recall": 0.97, "precision": 0.9})])
+def test_dense_models_held_out_scores(models, name, least):
+    images, targets = materialise(scenes(name, "test", length=100), 100, _entry(name).label)
+    measured = scores(name, models[name], images, targets)
+    assert all(measured[k] >= v for k, v in least.items()), measured
 
 
 def test_hard_model_on_the_held_out_generator(models):

@@ -28,6 +28,7 @@ from ..loading import (
 from ..methods import INPUT, METHODS, PAPER_METHODS, get_method, resolve
 from ..outputs import check_outputs
 from ..propagation import PRESETS
+from ..targets import box_iou
 from ..usage import UsageError, suggest
 from .data import ImageNetVal, SceneItems
 from .runner import Settings, describe, run, write_tables
@@ -100,8 +101,12 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | N
         unseen = (model.unseen_mask(scenes.size, scenes.size)
                   if hasattr(model, "unseen_mask") else None)
         generator = " (held-out generator)" if args.style == "held-out" else ""
-        return (model, SceneItems(scenes), unseen,
-                f"{name} on {args.images} held-out scenes{generator}", scenes.size)
+        items, title = SceneItems(scenes), f"{name} on {args.images} held-out scenes"
+        if zoo.task(name) == "detection":
+            items = SceneItems(scenes, boxes=True, indices=detected(model, scenes))
+            title += (f", {len(items)} of them with the first object detected "
+                      "(IoU >= 0.5, its class)")
+        return model, items, unseen, title + generator, scenes.size
     name = args.model or "vgg16_bn"
     weights = _weights(args)
     model = torchvision_model(name, weights).model
@@ -110,6 +115,28 @@ def _load(args: argparse.Namespace) -> tuple[nn.Module, object, torch.Tensor | N
         data = torch.utils.data.Subset(data, range(args.images))
     return (model, data, None, f"{name} ({args.weights or 'DEFAULT'}) on {len(data)} ImageNet "
             "images", IMAGENET_SIZE)
+
+
+def _task(args: argparse.Namespace) -> str:
+    """What the model predicts: a zoo model's task; ImageNet models classify."""
+    return zoo.task(args.model) if args.data == "scenes" and args.model else "classification"
+
+
+@torch.no_grad()
+def detected(model: nn.Module, scenes: torch.utils.data.Dataset) -> list[int]:
+    """The scenes whose first object the detector finds: a detection of its class that
+    overlaps its box by IoU >= 0.5 (the others have nothing to explain)."""
+    kept = []
+    for i in range(len(scenes)):
+        image, labels, _masks, boxes = scenes[i]
+        found = model([image])[0]
+        hit = ((box_iou(found["boxes"], boxes[0].float()) >= 0.5)
+               & (found["labels"] == labels[0]))
+        if bool(hit.any()):
+            kept.append(i)
+    if not kept:
+        raise UsageError("the detector finds none of the scenes' objects; nothing to explain")
+    return kept
 
 
 def _weights(args: argparse.Namespace) -> str | None:
@@ -155,6 +182,8 @@ def _check(args: argparse.Namespace) -> torch.device:
         raise UsageError(f"--seed {args.seed}: give a seed of 0 or more")
     if args.layers:
         _check_pairs(args.methods, args.layers)
+    if args.data == "scenes" and args.model in zoo.names():
+        _check_task_methods(args.methods, zoo.task(args.model))
     other = "imagenet" if args.data == "scenes" else "scenes"
     for option in _ONLY[other]:
         if getattr(args, option.lstrip("-")) is not None:
@@ -205,11 +234,25 @@ def _check_pairs(methods: list[str], layers: list[str]) -> None:
                              f"{', '.join(layers)}; add --layers {INPUT}")
 
 
+def _check_task_methods(methods: list[str], task: str) -> None:
+    """Refuse the methods that cannot explain a segmentation region or a detection: guided
+    backpropagation and CLRP / SGLRP take class indices only; LRP starts at a score tensor,
+    which a detector does not return."""
+    if task == "classification":
+        return
+    for name in methods:
+        if METHODS[name].family == "guided" or name in ("CLRP", "SGLRP") or (
+                task == "detection" and METHODS[name].family == "LRP"):
+            raise UsageError(f"--methods {name} cannot explain a {task} model's "
+                             f"{'detection' if task == 'detection' else 'region'} (it takes "
+                             "class indices of a classifier's scores); leave it out")
+
+
 def _check_model(model: nn.Module, args: argparse.Namespace, size: int, default: int,
                  device: torch.device) -> None:
     """The checks that need the model, on one all-zero image before any is explained: it runs
     at the image size, the layers exist."""
-    probe(model, size, device, default, args.model or "the model")
+    probe(model, size, device, default, args.model or "the model", task=_task(args))
     if args.layers:
         names = dict(model.named_modules())
         unknown = [layer for layer in args.layers
@@ -240,7 +283,8 @@ def run_command(args: argparse.Namespace) -> None:
             pixels_per_step=args.pixels_per_step or PIXELS_PER_STEP,
             blur=(metrics.Blur(int(args.blur[0]), args.blur[1]) if args.blur
                   else metrics.Blur()),
-            use_softmax=not args.logits, rules=args.rules, progress=args.progress)
+            use_softmax=not args.logits, rules=args.rules, progress=args.progress,
+            task=_task(args))
         results = run(model, data, settings,
                       None if unseen is None else unseen.to(device))
         if not dist.is_initialized() or dist.get_rank() == 0:

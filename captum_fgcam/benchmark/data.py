@@ -108,14 +108,25 @@ class ImageNetVal(Dataset):
 
 
 class SceneItems(Dataset):
-    """A :class:`~captum_fgcam.datasets.Scenes` split as benchmark items."""
+    """A :class:`~captum_fgcam.datasets.Scenes` split as benchmark items: of a scene with
+    two objects, the first; with ``boxes=True`` its mask is its box, filled (a detector's
+    benchmark measures energy and pointing inside the box); ``indices``: a subset of the
+    scenes (default all)."""
 
-    def __init__(self, scenes: Dataset) -> None:
-        self.scenes = scenes
+    def __init__(self, scenes: Dataset, boxes: bool = False,
+                 indices: list[int] | None = None) -> None:
+        self.scenes, self.boxes = scenes, boxes
+        self.indices = list(range(len(scenes))) if indices is None else indices
 
     def __len__(self) -> int:
-        return len(self.scenes)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, Tensor, bool]:
-        image, label, mask, _box = self.scenes[index]
+        image, label, mask, box = self.scenes[self.indices[index]]
+        if label.dim():  # two objects: the first
+            label, mask, box = label[0], mask[0], box[0]
+        if self.boxes:
+            x0, y0, x1, y1 = box.tolist()
+            mask = torch.zeros_like(mask)
+            mask[y0:y1, x0:x1] = True
         return image, int(label), mask, True

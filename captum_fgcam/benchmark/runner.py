@@ -28,9 +28,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import metrics
+from ..arguments import TargetType
 from ..methods import INPUT, METHODS, PAPER_METHODS, explainers
 from ..outputs import written
 from ..propagation import find_cam_layer
+from ..targets import Detection, SegmentationRegion
 
 #: Columns of the per-(method, layer) sum vector, in order.
 SUMS = ("images", "drop", "increase", "insertion", "deletion", "localisable", "proportion",
@@ -65,18 +67,54 @@ class Settings:
     use_softmax: bool = True
     progress: bool = True
     rules: str = "conserving"  # FG-CAM's and LRP's relevance rule preset
+    task: str = "classification"  # what is explained (task_target)
 
 
 def default_layers(model: nn.Module, example: Tensor | None = None) -> list[str]:
-    """The paper's layers for the VGG16 layout (features 33, 23, 13, input); the stage
-    outputs below the last for ResNet-style models; otherwise the CAM layer (found on
-    ``example``, a batch of inputs) and the input."""
+    """The paper's layers for the VGG16 layout (features 33, 23, 13, input; a segmenter's
+    ``backbone`` alike); the stage outputs below the last for ResNet-style models (a
+    detector's ``backbone.body`` alike: those at or below its CAM layer); otherwise the CAM
+    layer (found on ``example``, a batch of inputs) and the input."""
     names = dict(model.named_modules())
-    if all(f"features.{i}" in names for i in (13, 23, 33, 43)):
-        return ["features.33", "features.23", "features.13", INPUT]
-    if all(f"layer{i}" in names for i in (1, 2, 3, 4)):
-        return ["layer3", "layer2", "layer1", INPUT]
+    for prefix in ("", "backbone.", "backbone.body."):
+        layers = []
+        if all(f"{prefix}features.{i}" in names for i in (13, 23, 33, 43)):
+            layers = [f"{prefix}features.{i}" for i in (33, 23, 13)]
+        elif all(f"{prefix}{i}" in names for i in (13, 23, 33)) and prefix:
+            layers = [f"{prefix}{i}" for i in (33, 23, 13)]
+        elif all(f"{prefix}layer{i}" in names for i in (1, 2, 3, 4)):
+            layers = [f"{prefix}layer{i}" for i in (3, 2, 1)]
+        if layers and prefix:  # a dense model: the layers at or below its CAM layer
+            order = list(names)
+            cam = order.index(find_cam_layer(model, example))
+            layers = [layer for layer in layers if order.index(layer) <= cam]
+        if layers:
+            return [*layers, INPUT]
     return [find_cam_layer(model, example), INPUT]
+
+
+def task_target(task: str, labels: Tensor, masks: Tensor) -> TargetType:
+    """What the benchmark explains in each image, from its object's class and mask:
+    classification: the class; segmentation: the object class's logits over the object's
+    mask (:class:`SegmentationRegion`, class 0 the background); detection: the detection of
+    the object's class overlapping its box most, by IoU >= 0.5 (:class:`Detection`; ``masks``
+    are the filled boxes)."""
+    if task == "segmentation":
+        return SegmentationRegion(labels + 1, masks)
+    if task == "detection":
+        return Detection(box=filled_boxes(masks), label=labels)
+    return labels
+
+
+def filled_boxes(masks: Tensor) -> Tensor:
+    """(x1, y1, x2, y2) of filled-box masks (N x H x W), ends exclusive."""
+    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    def span(hits: Tensor) -> tuple[Tensor, Tensor]:
+        index = torch.arange(hits.shape[1], device=hits.device).expand_as(hits)
+        first = torch.where(hits, index, hits.shape[1]).amin(dim=1)
+        return first, torch.where(hits, index, -1).amax(dim=1) + 1
+    (y1, y2), (x1, x2) = span(rows), span(cols)
+    return torch.stack([x1, y1, x2, y2], dim=1).float()
 
 
 def _shard(data: Dataset, rank: int, world: int) -> Dataset:
@@ -106,10 +144,11 @@ def run(model: nn.Module, data: Dataset, settings: Settings,
     for images, labels, masks, localisable in loader:
         images, labels = images.to(device), labels.to(device)
         masks, localisable = masks.to(device), localisable.to(device)
+        target = task_target(settings.task, labels, masks)
         for (method, layer), explain in pairs.items():
             bar.set_postfix_str(f"{method} @ {layer}", refresh=False)
-            maps = explain(images, labels).detach()
-            sums[method, layer] += _batch_sums(model, images, labels, maps, masks, localisable,
+            maps = explain(images, target).detach()
+            sums[method, layer] += _batch_sums(model, images, target, maps, masks, localisable,
                                                settings, unseen).cpu()
             bar.update()
     bar.close()
@@ -120,10 +159,11 @@ def run(model: nn.Module, data: Dataset, settings: Settings,
     return {pair: report(s) for pair, s in sums.items()}
 
 
-def _batch_sums(model: nn.Module, images: Tensor, labels: Tensor, maps: Tensor,
+def _batch_sums(model: nn.Module, images: Tensor, target: TargetType, maps: Tensor,
                 masks: Tensor, localisable: Tensor, settings: Settings,
                 unseen: Tensor | None) -> Tensor:
-    common = dict(target=labels, blur=settings.blur, use_softmax=settings.use_softmax,
+    use_softmax = settings.use_softmax and settings.task == "classification"
+    common = dict(target=target, blur=settings.blur, use_softmax=use_softmax,
                   batch_size=settings.metric_batch_size)
     drop = metrics.average_drop_increase(model, images, maps, keep=settings.keep, **common)
     curves = metrics.insertion_deletion(model, images, maps, steps=settings.steps,
@@ -145,8 +185,14 @@ def describe(settings: Settings) -> str:
     """The protocol of a run in one paragraph: substrate, scores, steps, ties, rules."""
     steps = (f"{settings.steps} steps" if settings.steps
              else f"{settings.pixels_per_step} pixels per step")
+    scores = ("softmax" if settings.use_softmax else "logits")
+    if settings.task == "segmentation":
+        scores = "the object class's logits summed over the object's mask"
+    elif settings.task == "detection":
+        scores = ("the score of the detection of the object's class overlapping its box most "
+                  "(0 where none overlaps it by IoU >= 0.5)")
     return (f"Substrate: Gaussian blur, kernel {settings.blur.kernel_size}, sigma "
-            f"{settings.blur.sigma:g}; scores: {'softmax' if settings.use_softmax else 'logits'}; "
+            f"{settings.blur.sigma:g}; scores: {scores}; "
             f"insertion/deletion: {steps}; pixels with equal map values are taken in "
             "row-major order (stable sort; maps are upsampled bilinearly to the image first); "
             f"A.D./A.I. keep the top {settings.keep:.0%} of pixels; FG-CAM and LRP rules: "

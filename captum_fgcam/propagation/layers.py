@@ -277,11 +277,16 @@ def cam_layer_in(cap: Capture, model: nn.Module) -> str:
 
 def _backbone_stage(cap: Capture, model: nn.Module) -> str | None:
     """For a dense prediction (an N x C x H x W output: segmentation; or a detector's list of
-    detections), the last stage of the model's ``backbone`` (``backbone.body`` under a feature
+    detections), a stage of the model's ``backbone`` (``backbone.body`` under a feature
     pyramid and ``backbone.features`` in SSD, as torchvision builds them) or of its encoder
-    (Hugging Face: ``segformer.encoder`` or ``.stages``): its last child that ran once and
-    returned one image-shaped tensor; an error naming the fix where there is none. None for
-    other models."""
+    (Hugging Face: ``segformer.encoder`` or ``.stages``), among its children that ran once and
+    returned one image-shaped tensor: the shallowest one whose output is read outside the
+    backbone (the finest level of a feature pyramid, LR-ASPP's low-level branch). The stages
+    run one after the other, so every path from the image to every head passes through it:
+    the CAM accounts for the whole score, not for the paths through the last stage only.
+    Where no output is seen leaving (a Hugging Face encoder collects them in its own
+    forward), the last stage. An error naming the fix where there is none; None for other
+    models."""
     scores = scores_of(cap.output, strict=False)
     if scores is not None and scores.dim() < 4:
         return None
@@ -300,7 +305,20 @@ def _backbone_stage(cap: Capture, model: nn.Module) -> str | None:
             f"{tuple(scores.shape) if scores is not None else 'detections'}) and has no "
             "backbone or encoder stages to take a CAM layer from; pass cam_layer= (the "
             "encoder's last stage)")
+    read = [n for n in ran if _read_outside(cap.calls[n][0].output, root)]
+    if read:
+        return min(read, key=lambda n: cap.position[cap.calls[n][0].output])
     return max(ran, key=lambda n: cap.position[cap.calls[n][0].output])
+
+
+def _read_outside(node: fx.Node, root: str) -> bool:
+    """Whether an operation outside module ``root`` reads ``node``."""
+    for user in node.users:
+        stack = list(user.meta.get("nn_module_stack", {}).values())
+        inner = stack[-1][0] if stack else ""
+        if not (inner == root or inner.startswith(f"{root}.")):
+            return True
+    return False
 
 
 def check_cam_layer(name: str, value: Tensor | None = None, image: Tensor | None = None,
@@ -357,7 +375,7 @@ def check_cam_layer(name: str, value: Tensor | None = None, image: Tensor | None
 def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = None,
                    rules: Rules = None) -> str:
     """The default CAM layer: the module whose output feeds the classifier head's pooling;
-    for a dense prediction (segmentation, detection), the last stage of the model's backbone.
+    for a dense prediction (segmentation, detection), the backbone stage every head reads through.
 
     The head's pooling is the *last* global pooling (adaptive pooling, ``mean``, ``amax``) the
     model runs, which skips the pools inside squeeze-excitation blocks; a model without one
@@ -373,10 +391,12 @@ def find_cam_layer(model: nn.Module, inputs: Tensor | Sequence[Tensor] | None = 
     ``encoder.layers.encoder_layer_11.ln_1``, timm: ``blocks.11.norm1``), whose tokens that
     attention mixes into the class token. Segmentation models and detectors (an output with
     spatial dimensions, or a list of detections) with a ``backbone`` (torchvision's, or
-    ``backbone.body`` under a feature pyramid) give its last stage (``backbone.layer4``,
-    ``backbone.16``), the features every head reads. ``rules``: those of the explainer that
-    will use the answer (they decide how finely the graph is recorded; default: the
-    conserving preset).
+    ``backbone.body`` under a feature pyramid) give its shallowest stage read outside the
+    backbone (``backbone.layer4`` of FCN, ``backbone.4`` of LR-ASPP's low-level branch,
+    ``backbone.body.layer2`` of RetinaNet's pyramid): every path to every head passes through
+    it (SegFormer's decoder reads every encoder stage: ``segformer.stages.0``). ``rules``:
+    those of the explainer that will use the answer (they decide how finely the graph is
+    recorded; default: the conserving preset).
     """
     module = unwrap(model)
     return cam_layer_in(record_example(module, inputs, rules), module)

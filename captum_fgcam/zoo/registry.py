@@ -13,6 +13,18 @@ from ..datasets import Scenes
 from ..training import InterpretableGradientLoss
 from .architectures import scenes_resnet, scenes_vgg16bn, scenes_vgg16bn_fc_wall, scenes_wall
 from .swin import scenes_swin
+from .tasks import (
+    DETECTION_SCENES,
+    SEGMENTATION_SCENES,
+    detection_accuracy,
+    detection_loss,
+    detection_targets,
+    label_map,
+    scenes_detector,
+    scenes_segmenter,
+    segmentation_accuracy,
+    segmentation_loss,
+)
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -27,6 +39,12 @@ class Entry:
     loss: Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]] | None = None
     #: AdamW's peak learning rate (one-cycle schedule)
     lr: float = 3e-3
+    #: what the model predicts: "classification", "segmentation" or "detection"
+    task: str = "classification"
+    #: a scene's training target from its (labels, masks, boxes); None: the label
+    label: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+    #: held-out scores from (model, images, targets); None: top-1 accuracy
+    accuracy: Callable[[nn.Module, Tensor, Tensor], dict[str, float]] | None = None
 
 
 _ZOO: dict[str, Entry] = {
@@ -41,12 +59,24 @@ _ZOO: dict[str, Entry] = {
     "scenes-hard": Entry(scenes_vgg16bn, Scenes.HARD),
     # a hierarchical vision transformer (Swin's layout) on the default scenes
     "scenes-swin": Entry(scenes_swin, lr=1.5e-3),
+    # dense predictions on two-object scenes: an FCN and torchvision's FCOS
+    "scenes-seg": Entry(scenes_segmenter, SEGMENTATION_SCENES, segmentation_loss,
+                        task="segmentation", label=lambda labels, masks, boxes:
+                        label_map(labels, masks), accuracy=segmentation_accuracy),
+    "scenes-det": Entry(scenes_detector, DETECTION_SCENES, detection_loss, lr=1e-3,
+                        task="detection", label=lambda labels, masks, boxes:
+                        detection_targets(labels, boxes), accuracy=detection_accuracy),
 }
 
 
 def names() -> list[str]:
     """The names ``load_model`` knows."""
     return list(_ZOO)
+
+
+def task(name: str) -> str:
+    """What zoo model ``name`` predicts: classification, segmentation or detection."""
+    return _entry(name).task
 
 
 def _entry(name: str) -> Entry:

@@ -22,12 +22,15 @@ from .registry import _entry, checkpoint_path, load_model, scenes
 DEFAULTS: dict[str, tuple[int, int]] = {
     "scenes-vgg16bn": (12, 8000), "scenes-resnet": (5, 30000), "scenes-wall": (12, 8000),
     "scenes-fc-wall": (12, 8000), "scenes-vgg16bn-ig": (12, 8000), "scenes-hard": (16, 20000),
-    "scenes-swin": (14, 20000),
+    "scenes-swin": (14, 20000), "scenes-seg": (10, 8000), "scenes-det": (14, 8000),
 }
 
 
-def materialise(dataset: Dataset, count: int) -> tuple[Tensor, Tensor]:
-    """The first ``count`` images and labels of ``dataset`` as two tensors.
+def materialise(dataset: Dataset, count: int,
+                label: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """The first ``count`` images and training targets of ``dataset`` as two tensors (the
+    target: ``label(labels, masks, boxes)`` of each scene, default its label).
 
     Runs single-threaded: scenes are small tensors, for which intra-op threads only cost time.
     """
@@ -37,7 +40,8 @@ def materialise(dataset: Dataset, count: int) -> tuple[Tensor, Tensor]:
         items = [dataset[i] for i in range(count)]
     finally:
         torch.set_num_threads(threads)
-    return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+    targets = [it[1] if label is None else label(*it[1:]) for it in items]
+    return torch.stack([it[0] for it in items]), torch.stack(targets)
 
 
 @torch.no_grad()
@@ -47,6 +51,18 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
     hits = sum((model(x).argmax(1) == y).sum().item()
                for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True))
     return hits / len(labels)
+
+
+def scores(name: str, model: nn.Module, images: Tensor, targets: Tensor) -> dict[str, float]:
+    """The held-out scores of zoo model ``name``: its entry's, or top-1 accuracy."""
+    measure = _entry(name).accuracy
+    if measure is None:
+        return {"accuracy": accuracy(model, images, targets)}
+    return measure(model, images, targets)
+
+
+def _shown(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in values.items())
 
 
 def fit(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_size: int = 64,
@@ -77,11 +93,12 @@ def fit(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_siz
 
 
 def train(name: str, epochs: int, train_size: int, test_size: int = 1000,
-          out: Path | None = None, seed: int = 0) -> tuple[float, float]:
-    """Train ``name`` from scratch, save it to ``out``; (held-out accuracy, seconds)."""
+          out: Path | None = None, seed: int = 0) -> tuple[dict[str, float], float]:
+    """Train ``name`` from scratch, save it to ``out``; (held-out scores, seconds)."""
     start = time.perf_counter()
-    train_x, train_y = materialise(scenes(name, "train", length=train_size), train_size)
-    test_x, test_y = materialise(scenes(name, "test", length=test_size), test_size)
+    label = _entry(name).label
+    train_x, train_y = materialise(scenes(name, "train", length=train_size), train_size, label)
+    test_x, test_y = materialise(scenes(name, "test", length=test_size), test_size, label)
     train_x = train_x.half().contiguous(memory_format=torch.channels_last)  # half the memory
     print(f"{name}: {train_size} training scenes generated in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
@@ -89,8 +106,8 @@ def train(name: str, epochs: int, train_size: int, test_size: int = 1000,
     model = _entry(name).build().to(memory_format=torch.channels_last)
 
     def report(epoch: int, loss: float) -> None:
-        acc = accuracy(model, test_x[:500], test_y[:500])
-        print(f"epoch {epoch + 1}/{epochs}  loss {loss:.3f}  test acc (500) {acc:.3f}  "
+        acc = _shown(scores(name, model, test_x[:500], test_y[:500]))
+        print(f"epoch {epoch + 1}/{epochs}  loss {loss:.3f}  test (500): {acc}  "
               f"{time.perf_counter() - start:.0f} s", flush=True)
 
     make_loss = _entry(name).loss
@@ -104,9 +121,9 @@ def train(name: str, epochs: int, train_size: int, test_size: int = 1000,
     saved = load_model(name, pretrained=False)
     saved.load_state_dict({k: v.float() if v.is_floating_point() else v
                            for k, v in torch.load(out, weights_only=True).items()})
-    acc = accuracy(saved, test_x, test_y)
-    print(f"{name}: saved {out} ({out.stat().st_size / 1e6:.2f} MB); test accuracy "
-          f"{acc:.4f} on {test_size} scenes; {seconds:.0f} s", flush=True)
+    acc = scores(name, saved, test_x, test_y)
+    print(f"{name}: saved {out} ({out.stat().st_size / 1e6:.2f} MB); test {_shown(acc)} on "
+          f"{test_size} scenes; {seconds:.0f} s", flush=True)
     return acc, seconds
 
 
