@@ -235,3 +235,28 @@ def test_the_quantus_adapter_takes_target_objects(segmenter):
     maps = explain_func(segmenter, x.numpy(), target, method="FG-Grad-CAM")
     expected = FGGradCam(segmenter, "").attribute(x, target, attribute_to_layer_input=True)
     np.testing.assert_allclose(maps, expected.numpy(), rtol=1e-5, atol=1e-7)
+
+
+# -- benchmark on the zoo's dense models -----------------------------------------------------
+
+@pytest.mark.parametrize("model, methods, layers", [
+    ("scenes-seg", ["FG-Grad-CAM", "Grad-CAM", "LRP"], ["backbone.23", "input"]),
+    ("scenes-det", ["FG-Layer-CAM", "Layer-CAM"], ["backbone.body.layer2", "input"])])
+def test_benchmark_on_a_segmenter_and_a_detector(tmp_path, capsys, model, methods, layers):
+    out = tmp_path / model
+    assert main(["benchmark", "--model", model, "--images", "2", "--methods", *methods,
+                 "--layers", *layers, "--steps", "4", "--no-progress", "--out", str(out)]) == 0
+    table = (out / "results.md").read_text()
+    assert "scores: the " in table and ("mask" in table or "box" in table)
+    rows = (out / "results.csv").read_text().splitlines()[1:]
+    values = [float(line.split(",")[3]) for line in rows]
+    assert values and all(np.isfinite(values))
+
+
+@pytest.mark.parametrize("model, method", [("scenes-det", "LRP"), ("scenes-seg", "CLRP"),
+                                           ("scenes-seg", "Guided Grad-CAM")])
+def test_benchmark_refuses_methods_that_take_class_indices_only(tmp_path, capsys, model, method):
+    assert main(["benchmark", "--model", model, "--methods", method, "--no-progress",
+                 "--out", str(tmp_path / "never")]) == 2
+    assert f"--methods {method} cannot explain" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()

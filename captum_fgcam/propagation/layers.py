@@ -238,15 +238,15 @@ NORMALISATIONS = frozenset(["LayerNorm", "GroupNorm", "RMSNorm", "BatchNorm1d", 
 def cam_layer_in(cap: Capture, model: nn.Module) -> str:
     """The module whose output feeds the classifier head's global pooling (see
     :func:`find_cam_layer`)."""
+    stage = _backbone_stage(cap, model)
+    if stage is not None:
+        return stage
     kinds = [(n, site(cap, model, n, False)) for n in cap.nodes
              if n.op in ("call_module", "call_function")]
     pools = [n for n, s in kinds if s.kind in (ops.SUM, ops.MAX)
              and (s.op_name.lower().startswith("adaptive") or _global(cap, n))]
     flattens = [n for n, s in kinds
                 if s.op_name in ("flatten", "view", "reshape", "Flatten", "linear", "Linear")]
-    stage = _backbone_stage(cap, model)
-    if stage is not None:
-        return stage
     feature = None
     if pools:
         feature = pools[-1].all_input_nodes[0] if pools[-1].all_input_nodes else None
