@@ -127,13 +127,14 @@ def detected(model: nn.Module, scenes: torch.utils.data.Dataset) -> list[int]:
     """The scenes whose first object the detector finds: a detection of its class that
     overlaps its box by IoU >= 0.5 (the others have nothing to explain)."""
     kept = []
-    for i in range(len(scenes)):
-        image, labels, _masks, boxes = scenes[i]
-        found = model([image])[0]
-        hit = ((box_iou(found["boxes"], boxes[0].float()) >= 0.5)
-               & (found["labels"] == labels[0]))
-        if bool(hit.any()):
-            kept.append(i)
+    for start in range(0, len(scenes), 32):
+        items = [scenes[i] for i in range(start, min(start + 32, len(scenes)))]
+        for k, (found, (_, labels, _masks, boxes)) in enumerate(
+                zip(model([item[0] for item in items]), items, strict=True)):
+            hit = ((box_iou(found["boxes"], boxes[0].float()) >= 0.5)
+                   & (found["labels"] == labels[0]))
+            if bool(hit.any()):
+                kept.append(start + k)
     if not kept:
         raise UsageError("the detector finds none of the scenes' objects; nothing to explain")
     return kept
