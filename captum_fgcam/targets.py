@@ -43,7 +43,7 @@ def scores_of(output: Any, strict: bool = True) -> Tensor | None:
         found = getattr(output, "logits", None)
     if isinstance(found, Tensor) or not strict:
         return found if isinstance(found, Tensor) else None
-    kind = ("a list of dicts (a detector's detections)" if _detections(output) is not None
+    kind = ("a list of dicts (a detector's detections)" if detections_of(output) is not None
             else type(output).__name__)
     raise TypeError(
         f"the model returned {kind}; a class index selects a score in a tensor, a Hugging "
@@ -317,7 +317,7 @@ def _checked_mask(mask: Any) -> Tensor:
     return mask.float()
 
 
-def _detections(output: Any) -> list[dict[str, Tensor]] | None:
+def detections_of(output: Any) -> list[dict[str, Tensor]] | None:
     """A torchvision detector's output (one dict with boxes, scores, labels per image)."""
     if isinstance(output, (list, tuple)) and output and all(
             isinstance(d, dict) and {"boxes", "scores"} <= set(d) for d in output):
@@ -400,7 +400,7 @@ class Detection(Target):
                              "losses, not detections; call model.eval() first")
 
     def _checked(self, output: Any) -> list[dict[str, Tensor]]:
-        detections = _detections(output)
+        detections = detections_of(output)
         if detections is None:
             raise TypeError(f"Detection reads a detector's output (a list of dicts with boxes, "
                             f"scores and labels); the model returned {type(output).__name__} "

@@ -31,8 +31,8 @@ from .targets import (
     SegmentationRegion,
     Similarity,
     Target,
-    _detections,
     _embedding,
+    detections_of,
     scores_of,
 )
 from .usage import UsageError, suggest
@@ -95,7 +95,7 @@ def output_classes(output: Any, task: str) -> int | None:
     """The number of classes of one output (None for detectors and embeddings), checked
     to be what ``task`` reads; a model of another task is refused naming the right one."""
     if task == "detection":
-        if _detections(output) is None:
+        if detections_of(output) is None:
             raise UsageError(f"--task detection reads a torchvision detector's output (a list "
                              f"of dicts with boxes, scores, labels); the model returned "
                              f"{_kind(output)}")
@@ -105,7 +105,7 @@ def output_classes(output: Any, task: str) -> int | None:
         return None
     scores = scores_of(output, strict=False)
     if scores is None:
-        hint = "; pass --task detection" if _detections(output) is not None else ""
+        hint = "; pass --task detection" if detections_of(output) is not None else ""
         raise UsageError(f"--task {task} reads a score tensor; the model returned "
                          f"{_kind(output)}{hint}")
     dims = 4 if task == "segmentation" else 2
@@ -220,7 +220,7 @@ def _segmentation(z: Tensor, classes: list[int] | None, categories: Sequence[str
 def _detection(output: Any, classes: list[int] | None, categories: Sequence[str] | None,
                paths: Sequence[Any]) -> Explained:
     boxes, labels, described, summaries = [], [], [], []
-    for n, d in enumerate(_detections(output)):
+    for n, d in enumerate(detections_of(output)):
         keep = (torch.ones_like(d["scores"], dtype=torch.bool) if classes is None
                 else d["labels"] == classes[0])
         if not bool(keep.any()):

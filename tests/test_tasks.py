@@ -260,3 +260,26 @@ def test_benchmark_refuses_methods_that_take_class_indices_only(tmp_path, capsys
                  "--out", str(tmp_path / "never")]) == 2
     assert f"--methods {method} cannot explain" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_an_embedding_model_is_not_taken_for_a_dense_prediction():
+    """A CLIP-style image tower returns embeddings (no logits): its CAM layer is found as for
+    a class-token ViT, and the similarity to a reference is explained per example."""
+    transformers = pytest.importorskip("transformers")
+    from captum_fgcam import find_cam_layer, find_input_layer
+    from captum_fgcam.targets import Similarity
+
+    torch.manual_seed(0)
+    tower = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        image_size=32, patch_size=8, projection_dim=16)).eval()
+    x = torch.randn(3, 3, 32, 32)
+    assert find_cam_layer(tower, x) == "vision_model.encoder.layers.1.layer_norm1"
+    with torch.no_grad():
+        reference = tower(x[:1]).image_embeds
+    fg = FGGradCam(tower, find_input_layer(tower, x))
+    target = Similarity(reference.expand(3, -1))
+    maps = fg.attribute(x, target, attribute_to_layer_input=True)
+    assert maps.shape == (3, 1, 32, 32) and bool(maps.abs().sum() > 0)
+    one = fg.attribute(x[2:], Similarity(reference), attribute_to_layer_input=True)
+    torch.testing.assert_close(one, maps[2:], rtol=1e-4, atol=1e-6)

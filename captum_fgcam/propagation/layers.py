@@ -18,7 +18,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from .._state import usable
-from ..targets import scores_of
+from ..targets import detections_of, scores_of
 from . import ops
 from .capture import Capture, capture, unwrap
 from .graph import ancestors, relevance_path, site
@@ -288,8 +288,8 @@ def _backbone_stage(cap: Capture, model: nn.Module) -> str | None:
     forward), the last stage. An error naming the fix where there is none; None for other
     models."""
     scores = scores_of(cap.output, strict=False)
-    if scores is not None and scores.dim() < 4:
-        return None
+    if not ((scores is not None and scores.dim() >= 4) or detections_of(cap.output)):
+        return None  # scores, an embedding: not a dense prediction
     names = dict(model.named_modules())
     encoders = [n for n in names if n.rsplit(".", 1)[-1] in ("stages", "encoder")]
     root = next((n for n in ("backbone.body", "backbone.features", "backbone", *encoders)
