@@ -171,7 +171,8 @@ def _column(layer: str, maps: Maps, cam_layer: str) -> str:
     return f"{layer} ({shape[0]}x{shape[1]}{note})"
 
 
-def save_maps(path: Path, maps: Maps, images: Sequence[Path], targets: list[str]) -> None:
+def save_maps(path: Path, maps: Maps, images: Sequence[Path], targets: list[int | str]
+              ) -> None:
     """The maps at each layer's resolution, named by method and layer: ``.npz`` (arrays
     ``"METHOD @ LAYER"`` of shape N x h x w, plus ``images`` and ``targets``, what was
     explained in each image as text: a class index, "1,3", "label: x1, y1, x2, y2") or ``.pt``
