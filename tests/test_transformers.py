@@ -4,10 +4,14 @@
 - the product and attention rules against explicit sums written here, and fused attention
   (``F.scaled_dot_product_attention``, ``nn.MultiheadAttention``) against the same attention
   written out with ``softmax`` and ``matmul``: equal maps;
-- torchvision's and timm's Swin, ViT and MaxViT and the zoo's Swin (random weights): the
-  relevance entering every stage and the pixels sums to the CAM components' sum (the class
-  and register tokens of a ViT, learned constants, keep their share, measured), FG-Grad-CAM
-  maps are finite, the batch equals the images one at a time;
+- torchvision's and timm's Swin, ViT and MaxViT, the zoo's Swin, and Hugging Face's ViT, DeiT
+  (with teacher), BEiT, DINOv2, Swin, Swin V2 and CLIP image tower (random weights): the
+  relevance entering every stage and the pixels sums to the CAM components' sum (the class,
+  distillation and register tokens of a ViT, learned constants, keep their share, measured),
+  FG-Grad-CAM maps are finite, the batch equals the images one at a time (CLIP's tower: the
+  cosine similarity to a reference embedding); Hugging Face's ``sdpa`` and ``eager``
+  attention give the same maps; a layer returning a tuple (Hugging Face's Swin stages) is
+  its first element;
 - Grad-CAM at a token grid equals pytorch-grad-cam's with its ``reshape_transform``;
 - attention without a rule is refused before any work, naming the operation.
 """
@@ -35,6 +39,7 @@ from captum_fgcam import (
     find_input_layer,
 )
 from captum_fgcam.propagation import Call
+from captum_fgcam.targets import Similarity, Target
 from captum_fgcam.zoo.swin import scenes_swin
 
 timm = pytest.importorskip("timm")
@@ -221,6 +226,26 @@ def _timm(name: str, **kwargs):
                                                   **kwargs))
 
 
+def _hf(model: str, config: str, **kwargs):
+    """A Hugging Face ``transformers`` model from a small config (random weights; parameters
+    it starts at zero, class / distillation tokens, position embeddings, relative position
+    bias tables, biases, drawn as in a trained model)."""
+    def make() -> nn.Module:
+        hf = pytest.importorskip("transformers")
+        built = getattr(hf, model)(getattr(hf, config)(**kwargs))
+        with torch.no_grad():
+            for parameter in built.parameters():
+                if not bool(parameter.any()):
+                    parameter.normal_(std=0.02)
+        return built.eval()
+    return make
+
+
+HF_VIT = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2,
+          "intermediate_size": 64, "image_size": 32, "patch_size": 8}
+HF_SWIN = {"image_size": 32, "patch_size": 4, "embed_dim": 16, "depths": [2, 2],
+           "num_heads": [1, 2], "window_size": 4, "num_labels": 10}
+
 # (builder, image size, CAM layer expected, stages tapped, prefix-token layer or None)
 MODELS = {
     "torchvision swin_t": (_tv("swin_t"), 64, "norm",
@@ -242,6 +267,33 @@ MODELS = {
     "zoo scenes-swin": (lambda: scenes_swin().eval(), 96, "norm",
                         ["stages.2", "merges.1", "stages.1", "merges.0", "stages.0", "stem.0"],
                         None),
+    "transformers ViT": (_hf("ViTForImageClassification", "ViTConfig", **HF_VIT, num_labels=10),
+                         32, "vit.layers.2.layernorm_before", ["vit.layers.1", "vit.layers.0"],
+                         "vit.embeddings.dropout"),
+    "transformers DeiT with teacher": (
+        _hf("DeiTForImageClassificationWithTeacher", "DeiTConfig", **HF_VIT, num_labels=10), 32,
+        "deit.layers.2.layernorm_before", ["deit.layers.1", "deit.layers.0"],
+        "deit.embeddings.dropout"),
+    "transformers BEiT": (_hf("BeitForImageClassification", "BeitConfig", **HF_VIT,
+                              num_labels=10, use_relative_position_bias=True), 32,
+                          "beit.layernorm", ["beit.layers.2", "beit.layers.1", "beit.layers.0"],
+                          "beit.embeddings.dropout"),
+    "transformers DINOv2": (_hf("Dinov2ForImageClassification", "Dinov2Config", **HF_VIT,
+                                num_labels=10), 32, "dinov2.layernorm",
+                            ["dinov2.encoder.layer.2", "dinov2.encoder.layer.1",
+                             "dinov2.encoder.layer.0"], "dinov2.embeddings.dropout"),
+    "transformers Swin": (_hf("SwinForImageClassification", "SwinConfig", **HF_SWIN), 32,
+                          "swin.layernorm", ["swin.encoder.layers.1", "swin.encoder.layers.0",
+                                             "swin.embeddings.dropout"], None),
+    "transformers Swinv2": (_hf("Swinv2ForImageClassification", "Swinv2Config", **HF_SWIN), 32,
+                            "swinv2.layernorm", ["swinv2.encoder.layers.1",
+                                                 "swinv2.encoder.layers.0",
+                                                 "swinv2.embeddings.dropout"], None),
+    "transformers CLIP image tower": (
+        _hf("CLIPVisionModelWithProjection", "CLIPVisionConfig", **HF_VIT, projection_dim=16), 32,
+        "vision_model.encoder.layers.2.layer_norm1",
+        ["vision_model.encoder.layers.1", "vision_model.encoder.layers.0",
+         "vision_model.pre_layrnorm"], "vision_model.embeddings"),
 }
 
 
@@ -272,25 +324,86 @@ def test_transformer_relevance_is_conserved_at_every_stage_and_the_pixels(name):
     assert math.isclose(float(pixels.sum()) + absorbed, total, rel_tol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["timm swin", "timm vit + registers", "zoo scenes-swin"])
+def explained_target(model: nn.Module, x: torch.Tensor) -> torch.Tensor | Target:
+    """The classes the model predicts, or for an image tower that returns embeddings (CLIP's
+    ``image_embeds``) the cosine similarity to a reference image's embedding, as
+    ``tests/test_tasks.py`` explains it (a third image: an image's own embedding is the
+    cosine's maximum, where its gradient vanishes)."""
+    with torch.no_grad():
+        output = model(x)
+        embeddings = getattr(output, "image_embeds", None)
+        if embeddings is not None:
+            reference = model(image_batch(1, *x.shape[2:], seed=99)).image_embeds
+            return Similarity(reference.expand(x.shape[0], -1))
+    return getattr(output, "logits", output).argmax(dim=1)
+
+
+def one_of(target: torch.Tensor | Target, i: int) -> int | Target:
+    return target.take(slice(i, i + 1)) if isinstance(target, Target) else int(target[i])
+
+
+HF_NAMES = [name for name in MODELS if name.startswith("transformers ")]
+
+
+@pytest.mark.parametrize("name", ["timm swin", "timm vit + registers", "zoo scenes-swin",
+                                  *HF_NAMES])
 def test_transformer_batch_equals_the_images_one_at_a_time(name):
     make, size, _, stages, _ = MODELS[name]
     torch.manual_seed(0)
     model = make()
     x = image_batch(2, size, size, seed=4)
-    target = model(x).argmax(dim=1)
+    target = explained_target(model, x)
     for layer, to_input in [(stages[0], False), (find_input_layer(model, x), True)]:
         fg = FGGradCam(model, layer)
         both = fg.attribute(x, target, attribute_to_layer_input=to_input)
         assert both.dim() == 4 and both.shape[1] == 1 and torch.isfinite(both).all()
         assert both.abs().sum() > 0
         for i in range(2):
-            one = fg.attribute(x[i:i + 1], int(target[i]), attribute_to_layer_input=to_input)
+            one = fg.attribute(x[i:i + 1], one_of(target, i), attribute_to_layer_input=to_input)
             torch.testing.assert_close(one[0], both[i], rtol=0,
                                        atol=1e-5 * float(both[i].abs().max()))
 
 
-def test_fg_cam_at_the_cam_layer_is_grad_cam_and_sums_like_it():
+@pytest.mark.parametrize("name", ["transformers ViT", "transformers BEiT", "transformers Swin"])
+def test_hugging_face_attention_implementations_give_the_same_maps(name):
+    """``sdpa`` (``F.scaled_dot_product_attention``: AttentionRule) and ``eager`` (softmax and
+    matmul written out: ProductRule), relative position bias and shifted-window mask
+    included."""
+    make, size, cam, stages, _ = MODELS[name]
+    torch.manual_seed(0)
+    fused, written = make(), make()
+    written.load_state_dict(fused.state_dict())
+    written.set_attn_implementation("eager")
+    assert fused.config._attn_implementation == "sdpa"
+    x = image_batch(2, size, size, seed=4)
+    for layer, to_input in [(stages[0], False), (find_input_layer(fused, x), True)]:
+        a, b = (FGGradCam(m, layer, cam_layer=cam).attribute(
+            x, 1, attribute_to_layer_input=to_input) for m in (fused, written))
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, atol=1e-6 * float(a.abs().max()), rtol=1e-4)
+
+
+def test_a_layer_returning_a_tuple_is_its_first_element():
+    """Hugging Face's Swin stages return ``(hidden_states, reshaped_hidden_states, weights)``:
+    as a map layer or a CAM layer, the name means the hidden states (the first element)."""
+    torch.manual_seed(0)
+    model = MODELS["transformers Swin"][0]()
+    x = image_batch(2, 32, 32, seed=5)
+    stage = FGGradCam(model, "swin.encoder.layers.0").attribute(x, 2)
+    merged = FGGradCam(model, "swin.encoder.layers.0.downsample").attribute(x, 2)
+    assert stage.shape == (2, 1, 4, 4) and stage.abs().sum() > 0
+    assert torch.equal(stage, merged)  # the stage's hidden states: its patch merging's output
+    seen = {}  # Grad-CAM at the last stage's hidden states (N x 16 tokens x C), written out
+    handle = model.swin.encoder.layers[1].register_forward_hook(
+        lambda module, args, output: seen.update(a=output[0]))
+    logits = model(x).logits
+    handle.remove()
+    (gradient,) = torch.autograd.grad(logits[:, 2].sum(), seen["a"])
+    expected = (gradient.mean(dim=1, keepdim=True) * seen["a"]).sum(dim=2).reshape(2, 1, 4, 4)
+    got = FGGradCam(model, "swin.encoder.layers.1", cam_layer="swin.encoder.layers.1").attribute(
+        x, 2)  # the CAM layer's output replaced by an autograd root inside the tuple
+    torch.testing.assert_close(got, expected.detach(), atol=1e-6, rtol=1e-5)
+
     torch.manual_seed(0)
     model = scenes_swin().eval()
     x = image_batch(2, 96, 96, seed=5)

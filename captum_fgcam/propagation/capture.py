@@ -50,10 +50,14 @@ class CaptureError(TypeError):
 
 @dataclass
 class ModuleCall:
-    """One call of a module: the nodes of its tensor inputs and of its output."""
+    """One call of a module: the nodes of its tensor inputs and of its output; ``first``: of
+    the first element of the tuple or list it returns instead (Hugging Face's layers and
+    stages return ``(hidden_states, ...)``, ``nn.MultiheadAttention`` ``(output, weights)``),
+    where that element is a tensor computed from the input."""
 
     inputs: list[fx.Node]
     output: fx.Node | None
+    first: fx.Node | None = None
 
 
 @dataclass
@@ -300,18 +304,29 @@ class _Recorder(TorchFunctionMode):
                 "input by operations FG-CAM cannot see (a C++/CUDA extension, TorchScript, or "
                 "an operation that bypasses torch functions); relevance cannot follow them. "
                 "Replace that part by PyTorch operations, or explain a layer before it")
-        self.calls.setdefault(name, []).append(ModuleCall(inputs, out))
-        if self.grad_from == ANY_LAYER and out is not None:
-            self.live[name], self.versions[name] = output, output._version
-        elif name == self.grad_from and out is not None:
+        first = (self.node_of(output[0]) if out is None and isinstance(output, (tuple, list))
+                 and output else None)
+        self.calls.setdefault(name, []).append(ModuleCall(inputs, out, first))
+        if out is None and first is None:
+            return None
+        value = output if out is not None else output[0]  # the tensor a layer name means
+        if self.grad_from == ANY_LAYER:
+            self.live[name], self.versions[name] = value, value._version
+        elif name == self.grad_from:
             # from here on the forward pass builds an autograd graph, rooted at this output
             torch.set_grad_enabled(True)
-            root = output.detach().requires_grad_(True)
-            output = root.clone()  # not a leaf: the model may change it in place
-            self.nodes_of[id(output)] = (output, out)
+            root = value.detach().requires_grad_(True)
+            value = root.clone()  # not a leaf: the model may change it in place
+            self.nodes_of[id(value)] = (value, out if out is not None else first)
             self.live[name] = root
-            return output
+            return value if out is not None else _with_first(output, value)
         return None
+
+
+def _with_first(output: tuple[Any, ...] | list[Any], value: Tensor) -> Any:
+    """``output`` (a tuple, named tuple or list) with ``value`` as its first element."""
+    items = [value, *output[1:]]
+    return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
 
 
 def item_of(values: tuple[Any, ...], index: int) -> Any:

@@ -99,7 +99,8 @@ def resolve_module(model: nn.Module, layer: LayerRef) -> nn.Module:
 
 
 def module_output(cap: Capture, name: str) -> fx.Node:
-    """The node whose value is the output of the module ``name``."""
+    """The node whose value is the output of the module ``name`` (of a module returning a tuple
+    or list, its first element: Hugging Face layers' and stages' hidden states)."""
     if name == "":
         raise LayerError(
             "layer is the model itself, whose output is the class scores, not a map; pass "
@@ -114,11 +115,12 @@ def module_output(cap: Capture, name: str) -> fx.Node:
         raise LayerError(
             f"layer {name!r} is called {len(calls)} times in one forward pass, so it has no "
             "single output; choose a module that runs once")
-    if calls[0].output is None:
+    node = calls[0].output if calls[0].output is not None else calls[0].first
+    if node is None:
         raise LayerError(
-            f"layer {name!r} does not return a single tensor computed from the input; choose "
-            "a module with one output")
-    return calls[0].output
+            f"layer {name!r} does not return a tensor computed from the input (nor a tuple or "
+            "list whose first element is one); choose a module with one output")
+    return node
 
 
 def module_inputs(cap: Capture, name: str) -> tuple[fx.Node, ...]:
