@@ -17,6 +17,7 @@ from .attr import (
     ScoreCam,
     XGradCam,
 )
+from .conservation import ConservationReport, ConservationStage, conservation_report
 from .denoising import svd_denoise
 from .propagation import (
     AlphaOneBetaZeroRule,
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CLRP", "LRP", "SGLRP",
     "AlphaOneBetaZeroRule", "ArithmeticRule", "AttentionRule", "CaptureError", "ConceptorCam",
+    "ConservationReport", "ConservationStage", "conservation_report",
     "EpsilonRule", "FGCam", "FGGradCam", "FGScoreCam", "GradCam", "GradCamPlusPlus",
     "HiResCam", "LayerCam", "MultiScaleFGCam", "RefineCam", "ScoreCam", "XGradCam",
     "FineGrainedUpsampler", "GammaRule", "LayerError", "MissingRuleError", "PassRule",

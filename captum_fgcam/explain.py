@@ -24,6 +24,8 @@ from matplotlib.backend_bases import FigureCanvasBase
 from torch import Tensor, nn
 
 from .arguments import TargetType
+from .conservation import conservation_report
+from .denoising import DENOISE_MODES
 from .images import IMAGE_SUFFIXES, check_images, image_files, image_suffixes, load_images
 from .loading import TASKS, ModelSource, model_source, parse_device, probe
 from .methods import INPUT, METHODS, explainers, resolve
@@ -84,8 +86,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", action="append", metavar="METHOD", dest="methods",
                         help=f"one of {', '.join(METHODS)} (case, '-' and '_' ignored); "
                              "repeat for several (default: FG-Grad-CAM)")
-    parser.add_argument("--denoise", action="store_true",
-                        help="also show each FG method with SVD denoising (its -D variant)")
+    parser.add_argument("--denoise", nargs="?", const="paper", choices=DENOISE_MODES,
+                        help="also show each FG method with SVD denoising: the paper's (its -D "
+                             "variant), or with 'keep-mean' the channel means kept (its -DK "
+                             "variant, for transformers)")
     parser.add_argument("--rules", choices=list(PRESETS), default="conserving",
                         help="relevance rule preset of FG-CAM and LRP (default: conserving)")
     parser.add_argument("--sign", choices=("positive", "all"), default="positive",
@@ -122,6 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also save the maps at each layer's resolution: .npz (one "
                              "array per method and layer, named 'METHOD @ LAYER', N x h x w, "
                              "with 'images' and 'targets') or .pt (a dict)")
+    parser.add_argument("--report", action="store_true",
+                        help="also print, per image, a table of where the first FG-CAM "
+                             "method's relevance goes from the CAM layer to the pixels, stage "
+                             "by stage (its weighting, --rules)")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar")
 
@@ -207,13 +215,24 @@ def _merge(into: Maps, maps: Maps) -> None:
 
 def _methods(args: argparse.Namespace) -> list[str]:
     """The methods asked for (canonical names), checked against the layers before any work;
-    with ``--denoise`` each FG method's -D variant follows it."""
+    with ``--denoise`` each FG method's -D (or -DK, with ``keep-mean``) variant follows it."""
     names = args.methods or ["FG-Grad-CAM"]
     layers = args.layers or ["<the CAM layer>", INPUT]
     chosen = resolve(names, [INPUT if la == INPUT else "layer" for la in layers])
     if args.denoise:
-        chosen = list(dict.fromkeys(n for m in chosen for n in (m, f"{m}-D") if n in METHODS))
+        suffix = "-DK" if args.denoise == "keep-mean" else "-D"
+        chosen = list(dict.fromkeys(n for m in chosen for n in (m, m + suffix) if n in METHODS))
     return chosen
+
+
+def _report_weighting(methods: Sequence[str]) -> str:
+    """The CAM weighting of the first FG-CAM method, the one ``--report`` follows."""
+    fg = next((m for m in methods if METHODS[m].family == "FG-CAM"), None)
+    if fg is None:
+        raise UsageError("--report follows FG-CAM's relevance from the CAM layer to the "
+                         f"pixels, and none of {', '.join(methods)} propagates it; add an "
+                         "FG-CAM method, e.g. --method fg-grad-cam")
+    return METHODS[fg].weighting
 
 
 @dataclass
@@ -226,6 +245,7 @@ class _Plan:
     outputs: list[Path]
     source: ModelSource
     classes: list[int] | None  # --target's classes (None: chosen per image)
+    report: str | None  # --report: the weighting it follows
 
 
 def _check(args: argparse.Namespace) -> _Plan:
@@ -251,6 +271,7 @@ def _check(args: argparse.Namespace) -> _Plan:
         raise UsageError(f"--out {args.out}: use a figure file name such as explain.png "
                          f"({', '.join(FigureCanvasBase.get_supported_filetypes())})")
     methods = _methods(args)
+    report = _report_weighting(methods) if args.report else None
     device = parse_device(args.device)
     source = model_source(args.model, args.weights, args.arch, args.task)
     classes = class_indices(args.target, source.categories, args.task)
@@ -268,7 +289,7 @@ def _check(args: argparse.Namespace) -> _Plan:
                   + [("the image folder", p) for p in args.images if p.is_dir()]
                   + list(source.files))
     check_images(images + references)
-    return _Plan(images, methods, device, outputs, source, classes)
+    return _Plan(images, methods, device, outputs, source, classes, report)
 
 
 def _check_figure_size(args: argparse.Namespace, size: int, methods: int) -> None:
@@ -320,6 +341,8 @@ def explain(args: argparse.Namespace) -> None:
             what = explained(args.task, model(x), plan.classes, loaded.categories, paths,
                              reference)
         maps = compute_maps(model, x, what.target, plan.methods, layers, args.rules)
+        reports = ([] if plan.report is None else conservation_report(
+            model, x, what.target, weighting=plan.report, rules=args.rules))
         columns = {layer: _column(layer, maps, cam_layer) for layer in layers
                    if any(layer in row for row in maps.values())}
         for i, (image, path) in enumerate(zip(shown, paths, strict=True)):
@@ -328,6 +351,8 @@ def explain(args: argparse.Namespace) -> None:
             _save_figure(outputs[start + i], image, cells,
                          f"{loaded.label}: {what.summaries[i]}", args, what, i)
             bar.write(f"{path}: {what.summaries[i]} -> {outputs[start + i]}")
+            if reports:
+                bar.write(f"{reports[i]}\n")
         bar.update(len(paths))
         _merge(all_maps, maps)
         all_targets += what.described

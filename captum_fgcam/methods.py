@@ -81,6 +81,7 @@ class Method:
     benchmarked_at_layers: bool = True  # the paper reports LRP at the input only
     scores: bool = False  # normalised [0, 1] scores (a product of maps), not relevance
     cam_at_layer: bool = False  # the layer is the method's CAM layer (plain CAMs)
+    weighting: str | None = None  # an FG-CAM method's CAM weighting (get_weighting's name)
 
     def supports(self, layer: str) -> bool:
         return self.at_input if layer == INPUT else self.at_layers
@@ -101,8 +102,9 @@ def _plain(name: str, make: Callable[[nn.Module, nn.Module], object],
     return method
 
 
-def _fine_grained(weighting: str, denoise: bool, multiscale: bool = False) -> Builder:
-    """FG-CAM with ``weighting`` (denoised), or multi-scale FG-CAM with ``multiscale``."""
+def _fine_grained(weighting: str, denoise: bool | str, multiscale: bool = False) -> Builder:
+    """FG-CAM with ``weighting`` (denoised: True, the paper's, or "keep-mean"), or multi-scale
+    FG-CAM with ``multiscale``."""
     def build(model: nn.Module, layer: str, to_input: bool, rules: str,
               example: Tensor | None) -> Explainer:
         fg = (MultiScaleFGCam if multiscale else FGCam)(model, layer, weighting=weighting,
@@ -228,12 +230,17 @@ def _registry() -> dict[str, Method]:
         methods.append(_plain(name, plain, aliases))
         fine = tuple(f"FG-{a}" for a in aliases)
         methods.append(Method(f"FG-{name}", "FG-CAM", _fine_grained(weighting, False), True,
-                              True, False, fine))
+                              True, False, fine, weighting=weighting))
         methods.append(Method(f"FG-{name}-D", "FG-CAM", _fine_grained(weighting, True), True,
-                              True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine))))
+                              True, False, (f"FG-{name}-denoised", *(f"{a}-D" for a in fine)),
+                              weighting=weighting))
+        methods.append(Method(f"FG-{name}-DK", "FG-CAM", _fine_grained(weighting, "keep-mean"),
+                              True, True, False, (f"FG-{name}-denoised-keep-mean",
+                                                  *(f"{a}-DK" for a in fine)), weighting=weighting))
         methods.append(Method(f"FG-{name}-DM", "FG-CAM", _fine_grained(weighting, True, True),
                               True, True, True, (f"FG-{name}-multiscale",
-                                                 *(f"{a}-DM" for a in fine)), scores=True))
+                                                 *(f"{a}-DM" for a in fine)), scores=True,
+                              weighting=weighting))
     methods.append(Method("RefineCAM", "CAM", _refine, True, True, True, scores=True))
     methods.append(Method("Guided Grad-CAM", "guided", _guided(False), False, True, False))
     methods.append(Method("Guided FG-Grad-CAM", "guided", _guided(True), False, True, False))

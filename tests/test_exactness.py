@@ -58,6 +58,18 @@ def test_fg_grad_cam_denoised_matches_reference_vgg16bn(vgg16bn, grad_case, inde
     assert_close_to_reference(ours(FGGradCam, vgg16bn, x, target, index, denoise=True), ref)
 
 
+def test_fg_grad_cam_denoised_keep_mean_matches_reference(vgg16bn, grad_case):
+    # "keep-mean": the paper's low-rank part plus each channel's mean over positions
+    x, target, comps = grad_case
+    d = denoise_rank_count(0.1, 512, 49)
+    kept = reference.denoise(comps, d) + comps.double().mean(dim=(2, 3), keepdim=True).float()
+    index = VGG16_LAYERS[len(VGG16_LAYERS) // 2]
+    got = ours(FGGradCam, vgg16bn, x, target, index, denoise="keep-mean")
+    assert_close_to_reference(got, reference_map(vgg16bn, x, kept, index))
+    paper = ours(FGGradCam, vgg16bn, x, target, index, denoise=True)
+    assert (got - paper).abs().max() > 1e-3 * paper.abs().max()  # the means matter
+
+
 @pytest.fixture(scope="module")
 def score_case(vgg16bn):
     x = image_batch(1, 64, 64, seed=3)

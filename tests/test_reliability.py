@@ -102,6 +102,23 @@ def test_internal_batch_size_gives_identical_results(vgg):
     assert torch.allclose(whole, chunked, atol=1e-6 * float(whole.abs().max()), rtol=0)
 
 
+@pytest.mark.parametrize("denoise", ["keep-mean", True])
+def test_denoised_keeps_or_removes_the_cam_total(vgg, denoise):
+    # keep-mean: the map sums to the undenoised total; the paper's: to 0 (zero-sum rows)
+    x = image_batch(3, 32, 32, seed=4)
+    fg = FGGradCam(vgg, vgg.features[4])
+    plain = fg.attribute(x, 1).sum(dim=(1, 2, 3))
+    denoised = fg.attribute(x, 1, denoise=denoise).sum(dim=(1, 2, 3))
+    expected = plain if denoise == "keep-mean" else torch.zeros_like(plain)
+    assert torch.allclose(denoised, expected, atol=1e-4 * float(plain.abs().max()))
+
+
+@pytest.mark.parametrize("denoise", ["keep_mean", "yes", 1])
+def test_unknown_denoise_value_is_refused(vgg, denoise):
+    with pytest.raises(ValueError, match="keep-mean"):
+        FGGradCam(vgg, vgg.features[4]).attribute(image_batch(1, 32, 32), 1, denoise=denoise)
+
+
 def test_two_models_in_two_threads_match_sequential():
     models = [make_vgg("vgg11_bn", seed=s) for s in (1, 2)]
     xs = [image_batch(2, 48, 48, seed=s) for s in (4, 5)]

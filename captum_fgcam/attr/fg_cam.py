@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from .._batching import each, finished, take, take_all
 from .._state import preserved_state
 from ..arguments import TargetType, forward_args_tuple, input_tuple
-from ..denoising import svd_denoise
+from ..denoising import denoise_mode, svd_denoise
 from ..propagation.capture import ANY_LAYER, where_non_finite
 from ..propagation.layers import LayerRef, Rules, cam_layer_in, check_cam_layer, qualified_name
 from ..propagation.tokens import on_grid
@@ -61,12 +61,13 @@ class ComponentPropagation(PropagatedAttribution):
 
     def _attribute(self, inputs: Tensor | tuple[Tensor, ...], target: Any,
                    additional_forward_args: Any, internal_batch_size: int | None,
-                   to_input: bool, denoise: bool, denoise_rank: float | int,
+                   to_input: bool, denoise: bool | str, denoise_rank: float | int,
                    maps: Callable[[Span, Tensor, str], Maps]) -> Maps:
         """Checked arguments, then per batch of at most ``internal_batch_size`` examples:
         one recorded forward pass of the real input, the weighting's components (denoised
         with ``denoise``), and ``maps(span, components, cam layer name)``; the batches'
         maps concatenated."""
+        mode = denoise_mode(denoise)
         inputs = check_inputs(self.module, input_tuple(inputs))
         n = inputs[0].shape[0]
         target = as_target(target, n, self.module)
@@ -82,8 +83,9 @@ class ComponentPropagation(PropagatedAttribution):
                 span, components, found = self._components(
                     chunk, take(target, rows, n), take_all(extra, rows, n) or None, to_input,
                     found)
-                if denoise:
-                    components = on_grid(lambda e: svd_denoise(e, denoise_rank), chunk[0],
+                if mode is not None:
+                    components = on_grid(lambda e: svd_denoise(
+                        e, denoise_rank, keep_mean=mode == "keep-mean"), chunk[0],
                                          components, grids=span.capture.grids)
                 chunks.append(maps(span, components, found))
         if self.upsampler.from_name is None:
@@ -173,7 +175,7 @@ class FGCam(ComponentPropagation):
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
                   relu_attributions: bool = False, attr_dim_summation: bool = True,
-                  denoise: bool = False, denoise_rank: float | int = 0.1,
+                  denoise: bool | str = False, denoise_rank: float | int = 0.1,
                   internal_batch_size: int | None = None) -> Tensor | tuple[Tensor, ...]:
         r"""
         Args:
@@ -187,7 +189,9 @@ class FGCam(ComponentPropagation):
             attr_dim_summation: sum over channels (N x 1 x h x w); False returns the
                 per-channel relevance at the layer.
             denoise, denoise_rank: FG-CAM with denoising: keep the top ``denoise_rank``
-                (fraction of min(C, hw), or a count) singular triplets of the components.
+                (fraction of min(C, hw), or a count) singular triplets of the components,
+                centred per channel (True or ``"paper"``: the means removed, as in the
+                paper; ``"keep-mean"``: added back, the variant for transformers).
             internal_batch_size: process at most this many examples at a time (for batches
                 larger than memory allows); the result is the same.
 

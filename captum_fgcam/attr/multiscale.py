@@ -37,7 +37,7 @@ class MultiScaleFGCam(ComponentPropagation):
     @log_usage()
     def attribute(self, inputs: Tensor | tuple[Tensor, ...], target: TargetType = None,
                   additional_forward_args: Any = None, attribute_to_layer_input: bool = False,
-                  denoise: bool = False, denoise_rank: float | int = 0.1,
+                  denoise: bool | str = False, denoise_rank: float | int = 0.1,
                   internal_batch_size: int | None = None) -> Tensor:
         """N x 1 x h x w maps in [0, 1], at ``layer`` (its output, or its input with
         ``attribute_to_layer_input=True``); the other arguments as in

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .. import metrics
 from ..arguments import TargetType
-from ..methods import INPUT, METHODS, PAPER_METHODS, explainers
+from ..methods import INPUT, METHODS, PAPER_METHODS, Explainer, explainers
 from ..outputs import written
 from ..propagation import find_cam_layer
 from ..targets import Detection, SegmentationRegion
@@ -121,18 +122,20 @@ def _shard(data: Dataset, rank: int, world: int) -> Dataset:
     return Subset(data, range(rank, len(data), world))
 
 
-def run(model: nn.Module, data: Dataset, settings: Settings,
-        unseen: Tensor | None = None) -> dict[tuple[str, str], dict[str, float]]:
+def run(model: nn.Module, data: Dataset, settings: Settings, unseen: Tensor | None = None,
+        extra: dict[tuple[str, str], Explainer] | None = None
+        ) -> dict[tuple[str, str], dict[str, float]]:
     """Explain every image of ``data`` with every method at every layer; returns the
     reported metrics per (method, layer). ``unseen`` (H x W bool) marks the region behind the
-    model's wall; with it the Unseen and Dead zone metrics are computed."""
+    model's wall; with it the Unseen and Dead zone metrics are computed. ``extra``: more
+    (method, layer) -> explainer pairs (a peer's method, say), measured after the registry's."""
     device = next(model.parameters()).device
     example = data[0][0][None].to(device)
     layers = list(settings.layers) or default_layers(model, example)
     rank, world = ((dist.get_rank(), dist.get_world_size()) if dist.is_initialized()
                    else (0, 1))
     pairs = explainers(model, settings.methods, layers, example, settings.rules,
-                       benchmark=True)
+                       benchmark=True) | dict(extra or {})
     sums = {pair: torch.zeros(len(SUMS), dtype=torch.float64) for pair in pairs}
     loader = DataLoader(_shard(data, rank, world), batch_size=settings.batch_size)
     from tqdm.auto import tqdm
@@ -261,8 +264,8 @@ def _style(method: str) -> dict[str, object]:
     import matplotlib
 
     family = METHODS[method].family if method in METHODS else "CAM"
-    base = method.removeprefix("FG-").removesuffix("-D")
-    palette = list(dict.fromkeys(m.name.removeprefix("FG-").removesuffix("-D")
+    base = re.sub(r"-D[KM]?$", "", method.removeprefix("FG-"))
+    palette = list(dict.fromkeys(re.sub(r"-D[KM]?$", "", m.name.removeprefix("FG-"))
                                  for m in METHODS.values()))
     colour = None
     if base in palette:  # tab20's dark shades first, then its light ones: 20 distinct colours
@@ -274,7 +277,7 @@ def _style(method: str) -> dict[str, object]:
         return {"color": colour, "linestyle": ":", "marker": "P"}
     if family == "CAM":
         return {"color": colour, "linestyle": "--", "marker": "s"}
-    denoised = method.endswith("-D")
+    denoised = re.search(r"-D[KM]?$", method) is not None
     return {"color": colour, "linestyle": "-." if denoised else "-",
             "marker": "^" if denoised else "o"}
 
