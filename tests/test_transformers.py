@@ -41,6 +41,7 @@ from captum_fgcam import (
 from captum_fgcam.propagation import Call
 from captum_fgcam.targets import Similarity, Target
 from captum_fgcam.zoo.swin import scenes_swin
+from captum_fgcam.zoo.vit import scenes_vit
 
 timm = pytest.importorskip("timm")
 
@@ -264,6 +265,10 @@ MODELS = {
                              "blocks.11.norm1", ["blocks.6", "blocks.0"], "norm_pre"),
     "timm maxvit": (_timm("maxvit_tiny_tf_224", img_size=64), 64, "norm",
                     ["stages.2", "stages.1", "stages.0", "stem"], None),
+    "zoo scenes-vit": (lambda: _heads_drawn(scenes_vit()), 96,
+                       "encoder.layers.encoder_layer_3.ln_1",
+                       ["encoder.layers.encoder_layer_2", "encoder.layers.encoder_layer_0"],
+                       "encoder.dropout"),
     "zoo scenes-swin": (lambda: scenes_swin().eval(), 96, "norm",
                         ["stages.2", "merges.1", "stages.1", "merges.0", "stages.0", "stem.0"],
                         None),

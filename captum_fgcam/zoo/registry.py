@@ -25,6 +25,7 @@ from .tasks import (
     segmentation_accuracy,
     segmentation_loss,
 )
+from .vit import scenes_vit
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -59,6 +60,8 @@ _ZOO: dict[str, Entry] = {
     "scenes-hard": Entry(scenes_vgg16bn, Scenes.HARD),
     # a hierarchical vision transformer (Swin's layout) on the default scenes
     "scenes-swin": Entry(scenes_swin, lr=1.5e-3),
+    # a plain vision transformer with a class token (torchvision's layout) on the default scenes
+    "scenes-vit": Entry(scenes_vit, lr=1e-3),
     # dense predictions on two-object scenes: an FCN and torchvision's FCOS
     "scenes-seg": Entry(scenes_segmenter, SEGMENTATION_SCENES, segmentation_loss,
                         task="segmentation", label=lambda labels, masks, boxes:

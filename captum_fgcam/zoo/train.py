@@ -22,7 +22,8 @@ from .registry import _entry, checkpoint_path, load_model, scenes
 DEFAULTS: dict[str, tuple[int, int]] = {
     "scenes-vgg16bn": (12, 8000), "scenes-resnet": (5, 30000), "scenes-wall": (12, 8000),
     "scenes-fc-wall": (12, 8000), "scenes-vgg16bn-ig": (12, 8000), "scenes-hard": (16, 20000),
-    "scenes-swin": (14, 20000), "scenes-seg": (10, 8000), "scenes-det": (14, 8000),
+    "scenes-swin": (14, 20000), "scenes-vit": (14, 20000), "scenes-seg": (10, 8000),
+    "scenes-det": (14, 8000),
 }
 
 
