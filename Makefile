@@ -68,12 +68,17 @@ tasks: $(STAMP)
 	    --methods $(TASK_METHODS) $$lrp --no-progress --out docs/benchmark/tasks/rise/$$m; \
 	done
 
-# The transformers issue's table: the zoo's Swin at every stage and the input (about 15 min).
+# The transformer comparison (docs/transformers.md): the zoo's ViT and Swin, every stage and the
+# pixels, both substrates, FG-CAM against AttnLRP (LXT), HiLRP, rollout, Chefer, LeGrad (peers
+# installed here as test-only extras; about 40 min), then the diagnosis (about 20 min).
 transformer: $(STAMP)
-	$(VENV)/bin/captum-fgcam benchmark --model scenes-swin --images 100 \
-	  --layers stages.2 stages.1 stages.0 input --methods Grad-CAM Layer-CAM HiResCAM RefineCAM \
-	  FG-Grad-CAM FG-Grad-CAM-D FG-Grad-CAM-DM LRP --no-progress \
-	  --out docs/benchmark/transformer/scenes-swin
+	$(PY) -m pip install --quiet --no-deps lxt==2.1
+	$(PY) -m pip install --quiet --no-deps --ignore-requires-python hilrp==0.2.0
+	for m in scenes-vit scenes-swin; do \
+	  $(PY) benchmarks/transformer_comparison.py --model $$m --images 50 || exit 1; \
+	  $(PY) benchmarks/transformer_diagnosis.py --model $$m --images 50 \
+	    > docs/benchmark/transformer/$$m/diagnosis.md || exit 1; \
+	done
 
 # The figures in docs/ (README, docs/command-line.md): the demo and three explain figures of one
 # held-out scene.

@@ -257,13 +257,19 @@ def _better(metric: str) -> str:
     return "lower" if metric in LOWER_IS_BETTER else "higher"
 
 
-def _style(method: str) -> dict[str, object]:
+def _style(method: str, others: list[str]) -> dict[str, object]:
     """Line style by family: one colour per CAM weighting (FG-X shares X's), plain CAMs
-    dashed with squares, FG-CAM solid with circles, denoised FG-CAM dash-dot with triangles,
-    the LRP family dotted with diamonds, guided methods with crosses."""
+    dashed with squares, FG-CAM solid with circles, denoised FG-CAM dash-dot with triangles
+    (pointing down with the means kept),
+    the LRP family dotted with diamonds, guided methods with crosses; ``others``, methods
+    outside the registry (a peer's, run with ``extra``), solid with X markers in Dark2's
+    colours."""
     import matplotlib
 
-    family = METHODS[method].family if method in METHODS else "CAM"
+    if method in others:
+        return {"color": matplotlib.colormaps["Dark2"](others.index(method) % 8),
+                "linestyle": "-", "marker": "X"}
+    family = METHODS[method].family
     base = re.sub(r"-D[KM]?$", "", method.removeprefix("FG-"))
     palette = list(dict.fromkeys(re.sub(r"-D[KM]?$", "", m.name.removeprefix("FG-"))
                                  for m in METHODS.values()))
@@ -277,9 +283,24 @@ def _style(method: str) -> dict[str, object]:
         return {"color": colour, "linestyle": ":", "marker": "P"}
     if family == "CAM":
         return {"color": colour, "linestyle": "--", "marker": "s"}
-    denoised = re.search(r"-D[KM]?$", method) is not None
+    denoised = re.search(r"-D[KM]?$", method)
     return {"color": colour, "linestyle": "-." if denoised else "-",
-            "marker": "^" if denoised else "o"}
+            "marker": "o" if not denoised else "v" if method.endswith("-DK") else "^"}
+
+
+def _short(layers: list[str]) -> list[str]:
+    """Tick labels: the layer names without the dotted prefix they all share
+    (``encoder.layers.encoder_layer_2`` -> ``encoder_layer_2``), a bare index keeping its
+    module's name (``stages.2``)."""
+    named = [layer.split(".") for layer in layers if layer != INPUT]
+    common = 0
+    while named and all(len(n) > common + 1 and n[common] == named[0][common] for n in named):
+        common += 1
+    def label(layer: str) -> str:
+        parts = layer.split(".")
+        start = common - 1 if common and parts[common].isdigit() else common  # stages.2
+        return ".".join(parts[start:])
+    return [layer if layer == INPUT else label(layer) for layer in layers]
 
 
 def _cell(r: dict[str, float] | None, metric: str) -> str:
@@ -292,6 +313,7 @@ def _plot(results: dict[tuple[str, str], dict[str, float]], methods: list[str],
           layers: list[str], shown: list[str], path: Path, title: str) -> None:
     from matplotlib.figure import Figure  # not pyplot: saved, never shown
 
+    others = [m for m in methods if m not in METHODS]
     cols = min(3, len(shown))
     rows = math.ceil(len(shown) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.2 * rows + 0.9), layout="constrained")
@@ -300,8 +322,8 @@ def _plot(results: dict[tuple[str, str], dict[str, float]], methods: list[str],
         for method in methods:
             xs = [i for i, layer in enumerate(layers) if (method, layer) in results]
             ys = [results[method, layers[i]][metric] for i in xs]
-            ax.plot(xs, ys, label=method, markersize=5, **_style(method))
-        ax.set_xticks(range(len(layers)), layers, fontsize=8)
+            ax.plot(xs, ys, label=method, markersize=5, **_style(method, others))
+        ax.set_xticks(range(len(layers)), _short(layers), fontsize=8)
         ax.set_title(f"{metric} ({_better(metric)} is better)", fontsize=10)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(shown):]:
