@@ -35,8 +35,6 @@ from captum_fgcam import (
 )
 from captum_fgcam.explain import _report_weighting
 
-torch.set_num_threads(1)
-
 
 class Residual(nn.Module):
     def __init__(self, channels: int) -> None:
